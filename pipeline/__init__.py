@@ -1,0 +1,3 @@
+"""sentdm-batch: send a templated Sent.dm message to every row of a contacts file, exactly once."""
+
+__version__ = "0.1.0"

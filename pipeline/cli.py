@@ -1,0 +1,107 @@
+"""The command line: parses arguments, calls the library, prints reports, and picks the exit code. This is the one
+place where errors become messages and exit codes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TextIO
+
+from pipeline import __version__, errors
+from pipeline.campaign import ValidationReport, validate_campaign, write_validation_results
+from pipeline.spec import CampaignSpec, load_spec
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `python -m pipeline` and `sentdm-batch`; returns the process exit code."""
+    parser = _build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse reports usage errors itself and exits 2; --help/--version exit 0
+        return int(exc.code) if isinstance(exc.code, int) else errors.EXIT_USAGE
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except errors.PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return errors.EXIT_SIGINT
+    except BrokenPipeError:
+        # the reader of our output went away (`| head`); say nothing more, and do not fail on the final flush
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return errors.EXIT_ROWS_NOT_SENT
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: a bug must not look like a result
+        print(
+            f"internal error: {type(exc).__name__}: {exc}\n"
+            "This is a bug in sentdm-batch, not in your spec or data. Please report it to the sentdm-batch "
+            "maintainers with the command you ran and this message (leave out any secrets). "
+            "Set SENTDM_BATCH_DEBUG=1 to see the traceback.",
+            file=sys.stderr,
+        )
+        if os.environ.get("SENTDM_BATCH_DEBUG"):
+            traceback.print_exc()
+        return errors.EXIT_INTERNAL
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline",
+        description="Send a templated Sent.dm message to every row of a CSV or Parquet file, exactly once.",
+    )
+    parser.add_argument("--version", action="version", version=f"sentdm-batch {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+
+    check = commands.add_parser(
+        "validate",
+        help="read and validate every row and build every payload; send nothing",
+        description="Read the spec and the input, validate every row, build every payload. Makes no network call.",
+    )
+    check.add_argument("spec", help="path to the YAML job spec")
+    check.add_argument("--output", metavar="FILE", help="write each row's validation outcome (.csv, .parquet, .jsonl)")
+    check.set_defaults(handler=_validate)
+    return parser
+
+
+def _load(path: str) -> CampaignSpec:
+    spec, warnings = load_spec(path)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return spec
+
+
+def _validate(args: argparse.Namespace) -> int:
+    spec = _load(args.spec)
+    report, prepared = validate_campaign(spec)
+    _print_validation(spec, report, sys.stdout)
+    if args.output:
+        write_validation_results(prepared, Path(args.output))
+        print(f"Per-row outcome written to {args.output}")
+    return errors.EXIT_ROWS_NOT_SENT if report.invalid else errors.EXIT_OK
+
+
+def _print_validation(spec: CampaignSpec, report: ValidationReport, out: TextIO) -> None:
+    print(f"Campaign {spec.name}: {spec.input.path} ({spec.input_format})", file=out)
+    width = len(str(report.rows))
+    print(f"  rows read   {report.rows:>{width}}", file=out)
+    print(f"  valid       {report.valid:>{width}}", file=out)
+    print(f"  invalid     {report.invalid:>{width}}", file=out)
+    print(f"  duplicates  {report.duplicates:>{width}}", file=out)
+    if report.reasons:
+        print("Invalid rows by reason:", file=out)
+        for reason in report.reasons:
+            rows = ", ".join(map(str, reason.example_rows))
+            more = ", ..." if reason.rows > len(reason.example_rows) else ""
+            print(f"  {reason.rows:>{width}}  {reason.reason} (rows {rows}{more})", file=out)
+    if report.example_payload is not None:
+        print("Example payload:", file=out)
+        print(json.dumps(report.example_payload, indent=2, ensure_ascii=False), file=out)

@@ -1,0 +1,95 @@
+"""The results file: one row per input row, in input order, the input's columns unchanged followed by the result
+columns. Written atomically (temp file in the same folder, fsync, rename) as CSV, Parquet or JSON Lines, chosen by
+the file's extension. In CSV, text cells that a spreadsheet would run as a formula are prefixed with `'`; source.py
+removes that prefix when a results file is read back as input, so values round-trip exactly.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import polars as pl
+
+from pipeline.errors import OutputError
+from pipeline.source import ROW_COLUMN
+
+RESULT_SCHEMA: dict[str, type[pl.DataType]] = {
+    "result_row": pl.Int64,
+    "result_status": pl.String,
+    "result_http_status": pl.Int64,
+    "result_message_id": pl.String,
+    "result_error": pl.String,
+    "result_attempts": pl.Int64,
+    "result_sent_at": pl.String,
+    "result_latency_ms": pl.Float64,
+}
+# a leading quote is escaped too, so that unescaping on read is exact
+_FORMULA_START = r"^'*[=+\-@\t\r]"
+
+
+def assemble_results(frame: pl.DataFrame, outcomes: pl.DataFrame) -> pl.DataFrame:
+    """`frame` (the input with `result_row`) joined with `outcomes` (`result_row` and any of the result columns,
+    one row per input row), columns in the documented order."""
+    missing = [pl.lit(None, dtype=dtype).alias(name) for name, dtype in RESULT_SCHEMA.items() if name not in outcomes]
+    typed = outcomes.with_columns(missing).select(pl.col(name).cast(dtype) for name, dtype in RESULT_SCHEMA.items())
+    input_columns = [c for c in frame.columns if c != ROW_COLUMN]
+    joined = frame.join(typed, on=ROW_COLUMN, how="left", maintain_order="left")
+    return joined.select(*input_columns, *RESULT_SCHEMA)
+
+
+def write_results(results: pl.DataFrame, path: Path, *, after_sending: bool = False) -> None:
+    """Replace `path` with `results` atomically. Raises OutputError (no traceback) when it cannot."""
+    suffix = path.suffix.lower()
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(temp, "wb") as out:
+            if suffix == ".parquet":
+                results.write_parquet(out)
+            elif suffix == ".jsonl":
+                results.write_ndjson(out)
+            else:
+                _escape_formulas(results).write_csv(out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, path)
+        _fsync_dir(path.parent)
+    except OSError as exc:
+        temp.unlink(missing_ok=True)
+        reason = exc.strerror or str(exc)
+        raise OutputError(
+            f"{path}: cannot write the results file: {reason}. Hint: free disk space or choose another output.results;"
+            " the run's state is kept, so running again only rewrites the results.",
+            after_sending=after_sending,
+        ) from None
+
+
+def check_writable(path: Path) -> None:
+    """Fail before anything is sent if the results folder cannot take a file."""
+    probe = path.with_name(f".{path.name}.{os.getpid()}.probe")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError(
+            f"{path}: the results file cannot be written there: {exc.strerror or exc}. Hint: fix output.results."
+        ) from None
+
+
+def _escape_formulas(results: pl.DataFrame) -> pl.DataFrame:
+    text_columns = [name for name, dtype in results.schema.items() if dtype == pl.String]
+    return results.with_columns(
+        pl.when(pl.col(c).str.contains(_FORMULA_START)).then(pl.lit("'") + pl.col(c)).otherwise(pl.col(c)).alias(c)
+        for c in text_columns
+    )
+
+
+def _fsync_dir(folder: Path) -> None:
+    # the rename is durable only once the folder's entry is on disk
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,342 @@
+"""The YAML job spec: parsing, `${VAR}` interpolation, validation, and the frozen `CampaignSpec` the rest of the
+package works from. Every problem is reported with the spec's file name, the dotted key path and a hint; unknown keys
+are errors, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import codecs
+import difflib
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args, get_origin
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from pipeline.errors import SpecError
+
+GUID_PATTERN = r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$"
+URL_PATTERN = r"^https?://[^\s/?#]+[^\s]*$"
+SANDBOX = "sandbox"
+# The sandbox accepts any credentials; these stand in when a sandbox spec names none.
+SANDBOX_SENDER_ID = "00000000-0000-4000-8000-000000000000"
+SANDBOX_API_KEY = "sandbox-key"  # a placeholder the local fake server accepts, not a secret
+RESULT_FORMATS = (".csv", ".parquet", ".jsonl")
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}|\$\$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+class FieldSource(_Strict):
+    """Where a payload field comes from: a column of the input, or one literal for every row."""
+
+    column: str | None = Field(default=None, min_length=1)
+    value: str | None = None
+
+    @field_validator("value", mode="before")
+    @classmethod
+    def _scalar_to_text(cls, raw: object) -> object:
+        # YAML reads `value: 12345` as an int; the API wants strings, and the user meant the text they typed.
+        if isinstance(raw, bool):
+            return str(raw).lower()
+        if isinstance(raw, int | float):
+            return str(raw)
+        return raw
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> FieldSource:
+        if (self.column is None) == (self.value is None):
+            raise ValueError("must be either {column: NAME} or {value: LITERAL}")
+        return self
+
+
+class InputSpec(_Strict):
+    path: Path
+    format: Literal["csv", "parquet"] | None = None
+    separator: str = Field(default=",", min_length=1, max_length=1)
+    encoding: str = "utf-8"
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, name: str) -> str:
+        try:
+            codecs.lookup(name)
+        except LookupError:
+            raise ValueError(f"unknown text encoding {name!r} (e.g. utf-8, latin-1, cp1252, utf-16)") from None
+        return name
+
+
+class MessageSpec(_Strict):
+    contact_id: FieldSource
+    template_id: FieldSource
+    variables: dict[str, FieldSource] = Field(min_length=1)
+    webhook_url: FieldSource | None = None
+
+    @field_validator("variables")
+    @classmethod
+    def _names_not_blank(cls, variables: dict[str, FieldSource]) -> dict[str, FieldSource]:
+        for name in variables:
+            if not name.strip():
+                raise ValueError("variable names must not be blank")
+        return variables
+
+    @model_validator(mode="after")
+    def _literals_well_formed(self) -> MessageSpec:
+        for key in ("contact_id", "template_id"):
+            source: FieldSource = getattr(self, key)
+            if source.value is not None and not re.match(GUID_PATTERN, source.value):
+                raise ValueError(
+                    f"{key}.value {source.value!r} is not a GUID (like 7ba7b820-9dad-11d1-80b4-00c04fd430c8)"
+                )
+        hook = self.webhook_url.value if self.webhook_url is not None else None
+        if hook is not None and not re.match(URL_PATTERN, hook):
+            raise ValueError(f"webhook_url.value {hook!r} is not an absolute http(s) URL")
+        return self
+
+    def columns(self) -> list[str]:
+        """Input columns the message reads, in spec order, without repeats."""
+        sources = [self.contact_id, self.template_id, *self.variables.values()]
+        if self.webhook_url is not None:
+            sources.append(self.webhook_url)
+        return list(dict.fromkeys(s.column for s in sources if s.column is not None))
+
+
+class SandboxSpec(_Strict):
+    latency_ms: float = Field(default=0.0, ge=0, le=60_000)
+    failure_rate: float = Field(default=0.0, ge=0, le=1)
+    seed: int | None = None
+
+
+class ApiSpec(_Strict):
+    base_url: str = "https://api.sent.dm"
+    sender_id: str | None = None
+    api_key: SecretStr | None = None
+    timeout_s: float = Field(default=30.0, gt=0, le=600)
+    sandbox: SandboxSpec | None = None
+
+    @field_validator("base_url")
+    @classmethod
+    def _url_or_sandbox(cls, url: str) -> str:
+        if url == SANDBOX:
+            return url
+        if not re.match(URL_PATTERN, url):
+            raise ValueError(f"{url!r} is neither an http(s) URL nor 'sandbox'")
+        return url.rstrip("/")
+
+    @model_validator(mode="after")
+    def _credentials(self) -> ApiSpec:
+        if self.is_sandbox:
+            return self
+        if self.sandbox is not None:
+            raise ValueError("`sandbox:` options apply only when base_url is 'sandbox'")
+        if not self.sender_id:
+            raise ValueError("sender_id is required when base_url is not 'sandbox' (use ${SENT_DM_SENDER_ID})")
+        if not re.match(GUID_PATTERN, self.sender_id):
+            raise ValueError("sender_id is not a GUID (like 6ba7b810-9dad-11d1-80b4-00c04fd430c8)")
+        if self.api_key is None or not self.api_key.get_secret_value():
+            raise ValueError("api_key is required when base_url is not 'sandbox' (use ${SENT_DM_API_KEY})")
+        return self
+
+    @property
+    def is_sandbox(self) -> bool:
+        return self.base_url == SANDBOX
+
+    def credentials(self) -> tuple[str, str]:
+        """(sender id, api key) to send with; the sandbox's stand-ins where a sandbox spec names none."""
+        sender_id = self.sender_id or SANDBOX_SENDER_ID
+        api_key = self.api_key.get_secret_value() if self.api_key is not None else SANDBOX_API_KEY
+        return sender_id, api_key
+
+
+class SendSpec(_Strict):
+    concurrency: int = Field(default=16, ge=1, le=1000)
+
+
+class OutputSpec(_Strict):
+    results: Path
+
+    @field_validator("results")
+    @classmethod
+    def _known_format(cls, path: Path) -> Path:
+        if path.suffix.lower() not in RESULT_FORMATS:
+            raise ValueError(f"results file must end in .csv, .parquet or .jsonl, not {path.name!r}")
+        return path
+
+
+class CampaignSpec(_Strict):
+    """A validated job spec. Paths are absolute (resolved against the spec file's folder)."""
+
+    version: Literal[1]
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+    input: InputSpec
+    message: MessageSpec
+    api: ApiSpec
+    send: SendSpec = SendSpec()
+    output: OutputSpec
+    spec_path: Path = Path("<spec>")
+
+    @property
+    def input_format(self) -> Literal["csv", "parquet"]:
+        if self.input.format is not None:
+            return self.input.format
+        return "parquet" if self.input.path.suffix.lower() in (".parquet", ".pq") else "csv"
+
+
+# --- loading -----------------------------------------------------------------------------------------------------
+
+_HINTS = {
+    "name": "use letters, digits, '.', '_' or '-' (it names state files and idempotency keys)",
+    "version": "write `version: 1`",
+}
+
+
+def load_spec(path: str | Path, *, environ: dict[str, str] | None = None) -> tuple[CampaignSpec, list[str]]:
+    """Read, interpolate and validate a job spec. Returns the spec and any warnings; raises SpecError."""
+    spec_path = Path(path)
+    env = dict(os.environ) if environ is None else environ
+    try:
+        text = spec_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(
+            f"{spec_path}: job spec not found. Hint: check the path (it is relative to this folder)."
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{spec_path}: cannot read the job spec: {exc}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = ""
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        problem = getattr(exc, "problem", None) or "malformed YAML"
+        raise SpecError(
+            f"{spec_path}: not valid YAML{where}: {problem}. Hint: check indentation and quoting."
+        ) from None
+    if raw is None:
+        raise SpecError(f"{spec_path}: the job spec is empty. Hint: start from configs/campaign.yaml.")
+    if not isinstance(raw, dict):
+        raise SpecError(f"{spec_path}: the job spec must be a mapping of keys (version, name, input, ...).")
+
+    warnings: list[str] = []
+    api_key = raw.get("api", {}).get("api_key") if isinstance(raw.get("api"), dict) else None
+    if isinstance(api_key, str) and api_key and "${" not in api_key:
+        warnings.append(
+            f"{spec_path}: api.api_key is written in the spec. Secrets belong in the environment: "
+            "write `api_key: ${SENT_DM_API_KEY}` and export the variable."
+        )
+    data = _interpolate(raw, env, spec_path, ())
+    try:
+        spec = CampaignSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(_format_validation_error(spec_path, exc, data)) from None
+    base = spec_path.resolve().parent
+    resolved = spec.model_copy(
+        update={
+            "spec_path": spec_path.resolve(),
+            "input": spec.input.model_copy(update={"path": (base / spec.input.path).resolve()}),
+            "output": spec.output.model_copy(update={"results": (base / spec.output.results).resolve()}),
+        }
+    )
+    return resolved, warnings
+
+
+def _interpolate(node: Any, env: dict[str, str], spec_path: Path, key_path: tuple[str | int, ...]) -> Any:
+    """Replace ${VAR} and ${VAR:-default} in every string; `$$` is a literal dollar sign."""
+    if isinstance(node, dict):
+        return {k: _interpolate(v, env, spec_path, (*key_path, str(k))) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_interpolate(v, env, spec_path, (*key_path, i)) for i, v in enumerate(node)]
+    if not isinstance(node, str) or "$" not in node:
+        return node
+
+    def substitute(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, default = match.group(1), match.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        raise SpecError(
+            f"{spec_path}: {_dotted(key_path)}: environment variable {name} is not set. "
+            f"Hint: export {name}=... before running, or write ${{{name}:-default}} in the spec."
+        )
+
+    return _ENV_REF.sub(substitute, node)
+
+
+def _dotted(loc: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _submodel(annotation: Any) -> type[BaseModel] | None:
+    for arg in get_args(annotation) or (annotation,):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return None
+
+
+def _model_at(loc: tuple[str | int, ...]) -> type[BaseModel] | None:
+    """The model that owns the last key of `loc`, to list or suggest the keys it knows."""
+    model: type[BaseModel] | None = CampaignSpec
+    dict_values: type[BaseModel] | None = None
+    for part in loc:
+        if dict_values is not None:  # `part` is a user's key inside a dict, e.g. a variable name
+            model, dict_values = dict_values, None
+            continue
+        field = model.model_fields.get(str(part)) if model is not None else None
+        if field is None:
+            return None
+        if get_origin(field.annotation) is dict:
+            model, dict_values = None, _submodel(get_args(field.annotation)[1])
+        else:
+            model = _submodel(field.annotation)
+    return model
+
+
+def _format_validation_error(spec_path: Path, exc: ValidationError, data: Any) -> str:
+    lines = [f"{spec_path}: the job spec is invalid:"]
+    for error in exc.errors():
+        loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        key = _dotted(loc)
+        kind = error["type"]
+        if kind == "extra_forbidden":
+            model = _model_at(loc[:-1])
+            known = sorted(model.model_fields) if model is not None else []
+            known = [k for k in known if k != "spec_path"]
+            close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+            hint = f"did you mean `{close[0]}`?" if close else f"known keys here: {', '.join(known)}"
+            lines.append(f"  {key}: unknown key. Hint: {hint}")
+        elif kind in ("model_type", "model_attributes_type", "dict_type"):
+            field_source = _model_at(loc) is FieldSource
+            hint = "write `{column: NAME}` or `{value: LITERAL}`" if field_source else "indent the keys under it"
+            lines.append(f"  {key}: must be a mapping, got {error.get('input')!r}. Hint: {hint}")
+        elif kind == "missing":
+            hint = _HINTS.get(key, "see the spec reference in README.md")
+            lines.append(f"  {key}: required key is missing. Hint: {hint}")
+        else:
+            message = error["msg"].removeprefix("Value error, ")
+            got = error.get("input")
+            # a custom rule's message already names the value; a type error shows it (never the API key's)
+            scalar = not isinstance(got, dict | list) and got is not None
+            shown = f" (got {got!r})" if scalar and kind != "value_error" and "api_key" not in key else ""
+            hint_text = f". Hint: {_HINTS[key]}" if key in _HINTS else ""
+            lines.append(f"  {key}: {message}{shown}{hint_text}")
+    return "\n".join(lines)
