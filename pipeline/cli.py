@@ -14,7 +14,17 @@ from pathlib import Path
 from typing import TextIO
 
 from pipeline import __version__, errors
-from pipeline.campaign import ValidationReport, validate_campaign, write_validation_results
+from pipeline.campaign import (
+    ProgressSink,
+    RunOptions,
+    RunSummary,
+    ValidationReport,
+    run_campaign,
+    validate_campaign,
+    write_validation_results,
+)
+from pipeline.progress import BarProgress, LogProgress, format_summary
+from pipeline.sandbox import serve_forever
 from pipeline.spec import CampaignSpec, load_spec
 
 Handler = Callable[[argparse.Namespace], int]
@@ -69,7 +79,41 @@ def _build_parser() -> argparse.ArgumentParser:
     check.add_argument("spec", help="path to the YAML job spec")
     check.add_argument("--output", metavar="FILE", help="write each row's validation outcome (.csv, .parquet, .jsonl)")
     check.set_defaults(handler=_validate)
+
+    run = commands.add_parser(
+        "run",
+        help="send the campaign and write the results file",
+        description="Validate, send every valid row, and write one results row per input row.",
+    )
+    run.add_argument("spec", help="path to the YAML job spec")
+    run.add_argument("--dry-run", action="store_true", help="do everything except the HTTP requests")
+    run.add_argument("--limit", type=_positive_int, metavar="N", help="send at most N rows (a smoke test)")
+    run.add_argument("--quiet", action="store_true", help="no progress bar; a progress line every few seconds")
+    run.add_argument("--summary-json", metavar="FILE", help="also write the run summary as JSON to FILE")
+    run.set_defaults(handler=_run)
+
+    sandbox = commands.add_parser(
+        "sandbox",
+        help="run the local fake Sent.dm API until Ctrl-C",
+        description="Serve a local fake of the Sent.dm send-message endpoint on 127.0.0.1 (prints its URL).",
+    )
+    sandbox.add_argument("--port", type=int, default=0, help="port to listen on (default: any free port)")
+    sandbox.add_argument("--latency-ms", type=float, default=0.0, help="delay before each answer")
+    sandbox.add_argument("--failure-rate", type=float, default=0.0, help="fraction of requests that fail (0-1)")
+    sandbox.add_argument("--seed", type=int, help="seed for the injected failures")
+    sandbox.add_argument("--empty-success", action="store_true", help="answer 204 with no body (like v2)")
+    sandbox.set_defaults(handler=_sandbox)
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
 
 
 def _load(path: str) -> CampaignSpec:
@@ -105,3 +149,59 @@ def _print_validation(spec: CampaignSpec, report: ValidationReport, out: TextIO)
     if report.example_payload is not None:
         print("Example payload:", file=out)
         print(json.dumps(report.example_payload, indent=2, ensure_ascii=False), file=out)
+
+
+def _run(args: argparse.Namespace) -> int:
+    spec = _load(args.spec)
+    progress: ProgressSink = (
+        BarProgress(sys.stderr) if sys.stderr.isatty() and not args.quiet else LogProgress(sys.stderr)
+    )
+    summary = run_campaign(spec, RunOptions(dry_run=args.dry_run, limit=args.limit), progress=progress)
+    print(format_summary(summary))
+    if args.summary_json:
+        _write_json(Path(args.summary_json), summary)
+    return _run_exit_code(summary)
+
+
+def _run_exit_code(summary: RunSummary) -> int:
+    if summary.interrupted_by == "SIGTERM":
+        return errors.EXIT_SIGTERM
+    if summary.interrupted_by is not None:
+        return errors.EXIT_SIGINT
+    if summary.aborted_reason is not None:
+        return errors.EXIT_ABORTED
+    if summary.dry_run:
+        return errors.EXIT_ROWS_NOT_SENT if summary.counts.get("invalid") else errors.EXIT_OK
+    not_sent = sum(n for status, n in summary.counts.items() if status not in ("sent", "duplicate"))
+    return errors.EXIT_ROWS_NOT_SENT if not_sent else errors.EXIT_OK
+
+
+def _write_json(path: Path, summary: RunSummary) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(summary.to_json(), indent=2) + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise errors.OutputError(
+            f"{path}: cannot write the summary: {exc.strerror or exc}", after_sending=True
+        ) from None
+
+
+def _sandbox(args: argparse.Namespace) -> int:
+    def ready(url: str) -> None:
+        print(f"Sandbox listening on {url} (POST {url}/v1/messages/contact); Ctrl-C to stop", flush=True)
+
+    try:
+        serve_forever(
+            host="127.0.0.1",
+            port=args.port,
+            on_ready=ready,
+            latency_ms=args.latency_ms,
+            failure_rate=args.failure_rate,
+            seed=args.seed,
+            empty_success=args.empty_success,
+        )
+    except ValueError as exc:
+        raise errors.UsageError(f"sandbox: {exc}") from None
+    except OSError as exc:
+        raise errors.UsageError(f"sandbox: cannot listen on 127.0.0.1:{args.port}: {exc.strerror or exc}") from None
+    return errors.EXIT_OK

@@ -92,16 +92,19 @@ def _read_csv(path: Path, separator: str, encoding: str) -> pl.DataFrame:
             data,
             separator=separator,
             infer_schema=False,  # every column as text: no `000123` -> 123
-            empty_string_is_null=False,  # so that a null can only mean "this line had too few fields"
             raise_if_empty=True,
         )
     except pl.exceptions.NoDataError:
         raise InputError(f"{path}: input file is empty. Hint: it needs a header line and at least one row.") from None
     except pl.exceptions.PolarsError as exc:
-        raise InputError(_diagnose_csv(path, data, separator, exc)) from None
-    short_rows = frame.select(pl.col(frame.columns[-1]).is_null().arg_true()).to_series()
-    if short_rows.len():
-        raise InputError(_diagnose_csv(path, data, separator, None))
+        problem = _diagnose_csv(path, data, separator)
+        raise InputError(problem or f"{path}: malformed CSV: {_first_line(exc)}.") from None
+    # polars pads a line with too few fields with nulls, like empty cells; only the strict reader can tell them
+    # apart, and it is needed only when the last column has a null at all
+    if frame.select(pl.col(frame.columns[-1]).null_count()).item():
+        problem = _diagnose_csv(path, data, separator)
+        if problem is not None:
+            raise InputError(problem)
     frame = frame.drop([c for c in RESULT_COLUMNS if c in frame.columns])
     if "result_status" in header:
         # a results file of ours: undo the spreadsheet escaping so values round-trip exactly
@@ -128,8 +131,8 @@ def _header(path: Path, data: Path | bytes, separator: str) -> list[str]:
         raise InputError(f"{path}: line 1: malformed header: {exc}.") from None
 
 
-def _diagnose_csv(path: Path, data: Path | bytes, separator: str, error: Exception | None) -> str:
-    """Find the first line the strict stdlib reader rejects, to tell the user where the file is broken."""
+def _diagnose_csv(path: Path, data: Path | bytes, separator: str) -> str | None:
+    """The first line the strict stdlib reader rejects, described for the user; None if it finds nothing."""
     try:
         with _open_text(path, data) as text:
             reader = csv.reader(text, delimiter=separator, strict=True)
@@ -149,8 +152,7 @@ def _diagnose_csv(path: Path, data: Path | bytes, separator: str, error: Excepti
             f"{path}: line {reader.line_num}: malformed CSV ({exc}). "
             'Hint: a field with quotes must be quoted whole, with inner quotes doubled ("").'
         )
-    detail = _first_line(error) if error is not None else "rows of different lengths"
-    return f"{path}: malformed CSV: {detail}."
+    return None
 
 
 def _bad_utf8(path: Path, exc: UnicodeDecodeError) -> str:

@@ -163,6 +163,35 @@ class ApiSpec(_Strict):
 
 class SendSpec(_Strict):
     concurrency: int = Field(default=16, ge=1, le=1000)
+    rate: str | None = None  # "300/min", "5/s"; None = no client-side limit
+    burst: int | None = Field(default=None, ge=1, le=100_000)
+    max_attempts: int = Field(default=5, ge=1, le=100)
+    max_retry_s: float = Field(default=300.0, ge=0, le=86_400)
+    backoff_s: float = Field(default=0.5, ge=0, le=60)  # first retry waits up to this long, doubling after
+    retry_ambiguous: bool = False
+
+    @field_validator("rate")
+    @classmethod
+    def _rate_format(cls, rate: str | None) -> str | None:
+        if rate is not None:
+            parse_rate(rate)
+        return rate
+
+    @property
+    def rate_per_s(self) -> float | None:
+        return parse_rate(self.rate) if self.rate is not None else None
+
+
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*$")
+_PER_S = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0, "h": 3600.0, "hour": 3600.0}
+
+
+def parse_rate(text: str) -> float:
+    """'300/min' -> 5.0 requests per second."""
+    match = _RATE.match(text)
+    if match is None or float(match.group(1)) <= 0:
+        raise ValueError(f"rate {text!r} is not like '300/min' or '5/s'")
+    return float(match.group(1)) / _PER_S[match.group(2)]
 
 
 class OutputSpec(_Strict):

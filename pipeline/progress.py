@@ -1,0 +1,92 @@
+"""What a person or a log sees while a run goes and when it ends: a tqdm bar on a terminal, a progress line every few
+seconds otherwise (so cron and Airflow logs show the run is alive), and the end-of-run summary text.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any, TextIO
+
+from tqdm import tqdm
+
+from pipeline.campaign import RunSummary
+
+
+def _done(counts: Mapping[str, int]) -> int:
+    return sum(counts.values())
+
+
+class BarProgress:
+    """A tqdm bar: rows/s, sent, failed."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._bar: tqdm[Any] | None = None
+
+    def start(self, total: int) -> None:
+        self._bar = tqdm(total=total, file=self._stream, unit="msg", dynamic_ncols=True, smoothing=0.1)
+
+    def update(self, counts: Mapping[str, int]) -> None:
+        if self._bar is None:
+            return
+        self._bar.update(_done(counts) - self._bar.n)
+        self._bar.set_postfix(sent=counts.get("sent", 0), failed=counts.get("failed", 0), refresh=False)
+
+    def finish(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+class LogProgress:
+    """One line every `every_s` seconds, for logs that are not terminals."""
+
+    def __init__(self, stream: TextIO, *, every_s: float = 5.0) -> None:
+        self._stream = stream
+        self._every_s = every_s
+        self._total = 0
+        self._started = 0.0
+        self._last = 0.0
+
+    def start(self, total: int) -> None:
+        self._total = total
+        self._started = self._last = time.monotonic()
+        print(f"sending {total} message(s)", file=self._stream, flush=True)
+
+    def update(self, counts: Mapping[str, int]) -> None:
+        now = time.monotonic()
+        if now - self._last >= self._every_s:
+            self._last = now
+            self._line(counts, now)
+
+    def finish(self) -> None:
+        return
+
+    def _line(self, counts: Mapping[str, int], now: float) -> None:
+        done = _done(counts)
+        rate = done / (now - self._started) if now > self._started else 0.0
+        parts = ", ".join(f"{k} {v}" for k, v in counts.items())
+        print(f"progress: {done}/{self._total} ({rate:.0f}/s): {parts}", file=self._stream, flush=True)
+
+
+def format_summary(summary: RunSummary) -> str:
+    title = "Dry run" if summary.dry_run else "Run"
+    lines = [f"{title} of campaign {summary.campaign}: {summary.rows} row(s)"]
+    width = max(len(k) for k in summary.counts)
+    lines += [f"  {status:<{width}}  {n}" for status, n in summary.counts.items() if n]
+    if summary.aborted_reason:
+        lines.append(f"ABORTED: {summary.aborted_reason}")
+    if summary.interrupted_by:
+        lines.append(f"INTERRUPTED by {summary.interrupted_by}: rows not yet sent are marked not_attempted")
+    if summary.top_errors:
+        lines.append("Top errors:")
+        lines += [f"  {n:>6}  {error}" for error, n in summary.top_errors]
+    timing = f"Wall time {summary.wall_s:.2f} s"
+    if summary.attempted:
+        timing += f", {summary.messages_per_s:.1f} messages/s"
+    if summary.latency_p50_ms is not None:
+        timing += f", latency p50 {summary.latency_p50_ms:.1f} ms, p95 {summary.latency_p95_ms:.1f} ms"
+    lines.append(timing)
+    lines.append(f"Results: {summary.results_path}")
+    return "\n".join(lines)

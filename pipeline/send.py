@@ -1,0 +1,289 @@
+"""HTTP delivery: one shared client, a fixed pool of workers fed from a bounded stream, retries with backoff, an
+overall deadline per request, and a run-wide stop. Knows nothing of polars or files: it takes `SendJob`s and reports
+one `SendOutcome` per attempted job through a callback.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import math
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
+
+import anyio
+import httpx
+from anyio.abc import ObjectReceiveStream
+
+from pipeline import __version__
+from pipeline.limits import Pacer
+from pipeline.outcome import (
+    FAILED,
+    SENT,
+    UNKNOWN,
+    Verdict,
+    classify_exception,
+    classify_status,
+    describe_exception,
+    error_text,
+    message_id,
+    parse_body,
+)
+
+MESSAGES_PATH = "/v1/messages/contact"
+USER_AGENT = f"sentdm-batch/{__version__}"
+_MAX_PAUSE_S = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class SendJob:
+    row: int
+    key: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SendOutcome:
+    row: int
+    status: str  # sent | failed | unknown
+    verdict: Verdict
+    http_status: int | None
+    message_id: str | None
+    error: str | None
+    attempts: int
+    sent_at: str
+    latency_ms: float
+
+
+@dataclass(frozen=True)
+class SenderConfig:
+    base_url: str
+    sender_id: str
+    api_key: str = field(repr=False)
+    timeout_s: float = 30.0
+    concurrency: int = 16
+    max_attempts: int = 5
+    max_retry_s: float = 300.0
+    retry_ambiguous: bool = False
+    backoff_base_s: float = 0.5
+    backoff_cap_s: float = 30.0
+    breaker_threshold: int = 50  # consecutive server/connection failures that mean "the service is down"
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1 or self.max_attempts < 1 or self.timeout_s <= 0 or self.breaker_threshold < 1:
+            raise ValueError("concurrency, max_attempts, breaker_threshold and timeout_s must be positive")
+
+
+class RunControl:
+    """Run-wide flags the workers obey: `stop()` stops taking new rows (an interrupt); `abort()` does the same and
+    records why the run cannot go on (an authentication failure, the circuit breaker)."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+        self.abort_reason: str | None = None
+        self.interrupt_signal: int | None = None
+
+    def stop(self) -> None:
+        self.stopping = True
+
+    def abort(self, reason: str) -> None:
+        if self.abort_reason is None:
+            self.abort_reason = reason
+        self.stopping = True
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def retry_after_s(headers: httpx.Headers, *, now: float | None = None) -> float | None:
+    """Seconds the server asks us to wait: Retry-After (seconds or HTTP-date), or X-RateLimit-Remaining: 0 with
+    X-RateLimit-Reset (Unix seconds). None when it asks nothing."""
+    wall = time.time() if now is None else now
+    value = headers.get("retry-after")
+    if value is not None:
+        value = value.strip()
+        try:
+            seconds = float(value)
+        except ValueError:
+            try:
+                seconds = email.utils.parsedate_to_datetime(value).timestamp() - wall
+            except (TypeError, ValueError):
+                seconds = math.nan
+        if math.isfinite(seconds):
+            return min(max(seconds, 0.0), _MAX_PAUSE_S)
+    if headers.get("x-ratelimit-remaining", "").strip() == "0":
+        try:
+            reset = float(headers.get("x-ratelimit-reset", ""))
+        except ValueError:
+            return None
+        return min(max(reset - wall, 0.0), _MAX_PAUSE_S)
+    return None
+
+
+class _Sender:
+    def __init__(
+        self,
+        config: SenderConfig,
+        client: httpx.AsyncClient,
+        control: RunControl,
+        pacer: Pacer,
+        on_outcome: Callable[[SendOutcome], None],
+        rng: random.Random,
+    ) -> None:
+        self.config = config
+        self.client = client
+        self.control = control
+        self.pacer = pacer
+        self.on_outcome = on_outcome
+        self.rng = rng
+        self.url = config.base_url.rstrip("/") + MESSAGES_PATH
+        self.consecutive_failures = 0
+
+    async def worker(self, jobs: ObjectReceiveStream[SendJob]) -> None:
+        async with jobs:
+            async for job in jobs:
+                if self.control.stopping:
+                    continue  # drain without sending: these rows stay not_attempted
+                self.on_outcome(await self.deliver(job))
+
+    async def deliver(self, job: SendJob) -> SendOutcome:
+        config = self.config
+        first_start = time.monotonic()
+        maybe_delivered = False  # an earlier attempt may have gone out: never report plain "failed" after that
+        attempt = 0
+        while True:
+            attempt += 1
+            await self.pacer.wait_turn()
+            started = time.perf_counter()
+            try:
+                status, headers, verdict, error, msg_id = await self._attempt(job)
+            except anyio.get_cancelled_exc_class():
+                # a forced stop with this request on the wire: whether it was delivered cannot be known
+                self.on_outcome(self._interrupted(job, attempt, started))
+                raise
+            latency_ms = (time.perf_counter() - started) * 1000
+            self._watch_breaker(verdict, error)
+            if verdict is Verdict.AMBIGUOUS:
+                maybe_delivered = True
+            wait_s = retry_after_s(headers) if headers is not None else None
+            if wait_s is not None:
+                self.pacer.pause_for(wait_s)
+            retryable = verdict is Verdict.TRANSIENT or (verdict is Verdict.AMBIGUOUS and config.retry_ambiguous)
+            if retryable and attempt < config.max_attempts and not self.control.stopping:
+                delay = self._backoff_s(attempt)
+                if wait_s is not None:
+                    delay = max(delay, wait_s)
+                if time.monotonic() - first_start + delay <= config.max_retry_s:
+                    await anyio.sleep(delay)
+                    continue
+            if verdict is Verdict.SENT:
+                final = SENT
+            elif maybe_delivered:
+                final = UNKNOWN
+            else:
+                final = FAILED
+            if verdict is Verdict.AUTH:
+                self.control.abort(f"authentication failed ({error}); check api.sender_id and api.api_key")
+            return SendOutcome(
+                row=job.row,
+                status=final,
+                verdict=verdict,
+                http_status=status,
+                message_id=msg_id,
+                error=error,
+                attempts=attempt,
+                sent_at=_now_iso(),
+                latency_ms=round(latency_ms, 3),
+            )
+
+    @staticmethod
+    def _interrupted(job: SendJob, attempt: int, started: float) -> SendOutcome:
+        return SendOutcome(
+            row=job.row,
+            status=UNKNOWN,
+            verdict=Verdict.AMBIGUOUS,
+            http_status=None,
+            message_id=None,
+            error="interrupted while the request was in flight",
+            attempts=attempt,
+            sent_at=_now_iso(),
+            latency_ms=round((time.perf_counter() - started) * 1000, 3),
+        )
+
+    async def _attempt(self, job: SendJob) -> tuple[int | None, httpx.Headers | None, Verdict, str | None, str | None]:
+        try:
+            with anyio.fail_after(self.config.timeout_s):
+                response = await self.client.post(self.url, content=job.body, headers={"Idempotency-Key": job.key})
+        except (httpx.HTTPError, TimeoutError) as exc:
+            return None, None, classify_exception(exc), describe_exception(exc), None
+        verdict = classify_status(response.status_code)
+        body = parse_body(response.content)
+        if verdict is Verdict.SENT:
+            return response.status_code, response.headers, verdict, None, message_id(body)
+        text = error_text(response.status_code, response.content, body, secret=self.config.api_key)
+        return response.status_code, response.headers, verdict, text, None
+
+    def _backoff_s(self, attempt: int) -> float:
+        # exponential backoff with full jitter: spreads retries so they do not arrive together
+        ceiling = min(self.config.backoff_cap_s, self.config.backoff_base_s * 2 ** (attempt - 1))
+        return self.rng.uniform(0, ceiling)
+
+    def _watch_breaker(self, verdict: Verdict, error: str | None) -> None:
+        if verdict in (Verdict.AMBIGUOUS, Verdict.TRANSIENT):
+            self.consecutive_failures += 1
+            if self.consecutive_failures >= self.config.breaker_threshold:
+                self.control.abort(
+                    f"{self.consecutive_failures} requests in a row failed (last: {error}); the service looks down"
+                )
+        else:
+            self.consecutive_failures = 0
+
+
+def _client(config: SenderConfig, transport: httpx.AsyncBaseTransport | None) -> httpx.AsyncClient:
+    host = urlsplit(config.base_url).hostname or ""
+    return httpx.AsyncClient(
+        headers={
+            "x-sender-id": config.sender_id,
+            "x-api-key": config.api_key,
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
+        },
+        limits=httpx.Limits(max_connections=config.concurrency, max_keepalive_connections=config.concurrency),
+        # per-phase limits inside the overall deadline that _attempt enforces with fail_after
+        timeout=httpx.Timeout(config.timeout_s, connect=min(config.timeout_s, 10.0)),
+        transport=transport,
+        # a proxy from the environment must not intercept a local server (the sandbox, tests)
+        trust_env=host not in ("127.0.0.1", "localhost", "::1"),
+    )
+
+
+async def send_all(
+    jobs: Iterable[SendJob],
+    config: SenderConfig,
+    *,
+    on_outcome: Callable[[SendOutcome], None],
+    control: RunControl | None = None,
+    pacer: Pacer | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    seed: int | None = None,
+) -> None:
+    """Send every job until done or stopped; `on_outcome` gets one outcome per attempted job. Jobs not attempted
+    (after a stop or an abort) get no outcome."""
+    control = control or RunControl()
+    pacer = pacer or Pacer()
+    send_stream, receive_stream = anyio.create_memory_object_stream[SendJob](config.concurrency)
+    async with _client(config, transport) as client:
+        sender = _Sender(config, client, control, pacer, on_outcome, random.Random(seed))
+        async with anyio.create_task_group() as workers:
+            for _ in range(config.concurrency):
+                workers.start_soon(sender.worker, receive_stream.clone())
+            receive_stream.close()
+            async with send_stream:
+                for job in jobs:
+                    if control.stopping:
+                        break
+                    await send_stream.send(job)

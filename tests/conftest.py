@@ -1,0 +1,86 @@
+"""Shared fixtures: campaigns written to real files in a temp folder, and the CLI called in-process through its
+`main(argv)` seam."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from pipeline.cli import main
+
+TEMPLATE = "7ba7b820-9dad-11d1-80b4-00c04fd430c8"
+SENDER = "6ba7b810-9dad-11d1-80b4-00c04fd430c8"
+API_KEY = "sk-test-DO-NOT-LEAK-7f3c9a1e"
+
+
+def guid(n: int) -> str:
+    """A valid, distinct contact GUID for row n."""
+    return f"00000000-0000-4000-8000-{n:012d}"
+
+
+def contact_rows(count: int, *, start: int = 1) -> list[dict[str, str]]:
+    return [
+        {"contact_id": guid(i), "first_name": f"Name{i}", "order_id": f"{i:06d}"} for i in range(start, start + count)
+    ]
+
+
+def write_csv(path: Path, rows: Sequence[dict[str, str]], *, fieldnames: Sequence[str] | None = None) -> Path:
+    names = list(fieldnames or (rows[0].keys() if rows else ["contact_id", "first_name", "order_id"]))
+    with open(path, "w", newline="", encoding="utf-8") as out:
+        writer = csv.DictWriter(out, fieldnames=names)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def spec_data(**overrides: Any) -> dict[str, Any]:
+    """A complete spec as a dict; top-level sections in `overrides` are merged one level deep."""
+    data: dict[str, Any] = {
+        "version": 1,
+        "name": "test-campaign",
+        "input": {"path": "contacts.csv"},
+        "message": {
+            "contact_id": {"column": "contact_id"},
+            "template_id": {"value": TEMPLATE},
+            "variables": {"name": {"column": "first_name"}, "order_id": {"column": "order_id"}},
+        },
+        "api": {"base_url": "sandbox"},
+        "send": {"concurrency": 4},
+        "output": {"results": "out/results.csv"},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    return data
+
+
+@pytest.fixture
+def make_campaign(tmp_path: Path) -> Callable[..., Path]:
+    """Write contacts.csv and spec.yaml into tmp_path; returns the spec's path."""
+
+    def make(rows: Sequence[dict[str, str]] | None = None, **overrides: Any) -> Path:
+        write_csv(tmp_path / "contacts.csv", contact_rows(5) if rows is None else rows)
+        spec_path = tmp_path / "spec.yaml"
+        spec_path.write_text(yaml.safe_dump(spec_data(**overrides), sort_keys=False), encoding="utf-8")
+        return spec_path
+
+    return make
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str, str]]:
+    """Run the CLI in-process: returns (exit code, stdout, stderr)."""
+
+    def run(*argv: str | Path) -> tuple[int, str, str]:
+        code = main([str(a) for a in argv])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run

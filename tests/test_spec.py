@@ -1,0 +1,211 @@
+"""The job spec: every rule, with the full text of each error a user can meet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.errors import SpecError
+from pipeline.spec import load_spec, parse_rate
+from tests.conftest import SENDER, TEMPLATE, spec_data
+
+
+def write(tmp_path: Path, data: object) -> Path:
+    path = tmp_path / "spec.yaml"
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def error_of(path: Path, environ: dict[str, str] | None = None) -> str:
+    with pytest.raises(SpecError) as caught:
+        load_spec(path, environ=environ or {})
+    return str(caught.value)
+
+
+def test_sample_spec_loads_with_paths_relative_to_the_spec_file() -> None:
+    spec, warnings = load_spec(Path("configs/campaign.yaml"), environ={})
+    assert warnings == []
+    assert spec.name == "order-shipped-2026-11"
+    assert spec.input.path == Path("sample_data/contacts.csv").resolve()
+    assert spec.output.results == Path("out/order-shipped-results.csv").resolve()
+    assert spec.api.is_sandbox
+    assert spec.input_format == "csv"
+    assert spec.message.columns() == ["contact_id", "first_name", "order_id", "carrier"]
+
+
+def test_unknown_keys_are_errors_with_a_suggestion(tmp_path: Path) -> None:
+    data = spec_data(send={"concurency": 8}, input={"path": "c.csv", "sep": ";"})
+    path = write(tmp_path, data)
+    assert error_of(path) == (
+        f"{path}: the job spec is invalid:\n"
+        "  input.sep: unknown key. Hint: known keys here: encoding, format, path, separator\n"
+        "  send.concurency: unknown key. Hint: did you mean `concurrency`?"
+    )
+
+
+def test_unknown_key_inside_a_variable_mapping(tmp_path: Path) -> None:
+    data = spec_data()
+    data["message"]["variables"]["name"] = {"colum": "first_name"}
+    path = write(tmp_path, data)
+    assert error_of(path) == (
+        f"{path}: the job spec is invalid:\n  message.variables.name.colum: unknown key. Hint: did you mean `column`?"
+    )
+
+
+def test_missing_required_keys_are_named_by_path(tmp_path: Path) -> None:
+    data = spec_data()
+    del data["name"]
+    del data["message"]["contact_id"]
+    path = write(tmp_path, data)
+    assert error_of(path) == (
+        f"{path}: the job spec is invalid:\n"
+        "  name: required key is missing. Hint: use letters, digits, '.', '_' or '-' "
+        "(it names state files and idempotency keys)\n"
+        "  message.contact_id: required key is missing. Hint: see the spec reference in README.md"
+    )
+
+
+def test_wrong_types_show_the_value_and_key(tmp_path: Path) -> None:
+    path = write(tmp_path, spec_data(send={"concurrency": "many"}, api={"base_url": "sandbox", "timeout_s": -1}))
+    assert error_of(path) == (
+        f"{path}: the job spec is invalid:\n"
+        "  api.timeout_s: Input should be greater than 0 (got -1)\n"
+        "  send.concurrency: Input should be a valid integer, unable to parse string as an integer (got 'many')"
+    )
+
+
+def test_a_field_written_as_a_bare_string_gets_the_mapping_hint(tmp_path: Path) -> None:
+    data = spec_data()
+    data["message"]["contact_id"] = "contact_id"
+    path = write(tmp_path, data)
+    assert error_of(path) == (
+        f"{path}: the job spec is invalid:\n"
+        "  message.contact_id: must be a mapping, got 'contact_id'. Hint: write `{column: NAME}` or `{value: LITERAL}`"
+    )
+
+
+def test_literal_template_id_and_webhook_are_checked_once_in_the_spec(tmp_path: Path) -> None:
+    data = spec_data()
+    data["message"]["template_id"] = {"value": "tmpl-1"}
+    path = write(tmp_path, data)
+    assert error_of(path) == (
+        f"{path}: the job spec is invalid:\n"
+        "  message: template_id.value 'tmpl-1' is not a GUID (like 7ba7b820-9dad-11d1-80b4-00c04fd430c8)"
+    )
+    data["message"]["template_id"] = {"value": TEMPLATE}
+    data["message"]["webhook_url"] = {"value": "ftp://example.com/x"}
+    path = write(tmp_path, data)
+    assert error_of(path) == (
+        f"{path}: the job spec is invalid:\n"
+        "  message: webhook_url.value 'ftp://example.com/x' is not an absolute http(s) URL"
+    )
+
+
+def test_results_extension_and_version_and_name(tmp_path: Path) -> None:
+    path = write(tmp_path, spec_data(version=2, name="bad name!", output={"results": "out.xlsx"}))
+    assert error_of(path) == (
+        f"{path}: the job spec is invalid:\n"
+        "  version: Input should be 1 (got 2). Hint: write `version: 1`\n"
+        "  name: String should match pattern '^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$' (got 'bad name!'). "
+        "Hint: use letters, digits, '.', '_' or '-' (it names state files and idempotency keys)\n"
+        "  output.results: results file must end in .csv, .parquet or .jsonl, not 'out.xlsx'"
+    )
+
+
+def test_missing_environment_variable_names_the_variable_and_the_key(tmp_path: Path) -> None:
+    data = spec_data(api={"base_url": "https://api.sent.dm", "sender_id": "${SID}", "api_key": "${SENT_DM_API_KEY}"})
+    path = write(tmp_path, data)
+    assert error_of(path, {"SID": SENDER}) == (
+        f"{path}: api.api_key: environment variable SENT_DM_API_KEY is not set. "
+        "Hint: export SENT_DM_API_KEY=... before running, or write ${SENT_DM_API_KEY:-default} in the spec."
+    )
+
+
+def test_environment_values_defaults_and_literal_dollars(tmp_path: Path) -> None:
+    data = spec_data(
+        name="${CAMPAIGN:-fallback-name}",
+        api={"base_url": "https://api.sent.dm/", "sender_id": "${SID}", "api_key": "${KEY}"},
+    )
+    data["message"]["variables"]["price"] = {"value": "$$5"}
+    spec, warnings = load_spec(write(tmp_path, data), environ={"SID": SENDER, "KEY": "k-123"})
+    assert warnings == []
+    assert spec.name == "fallback-name"
+    assert spec.api.base_url == "https://api.sent.dm"
+    assert spec.api.credentials() == (SENDER, "k-123")
+    assert spec.message.variables["price"].value == "$5"
+
+
+def test_literal_api_key_warns_without_showing_it(tmp_path: Path) -> None:
+    data = spec_data(api={"base_url": "https://api.sent.dm", "sender_id": SENDER, "api_key": "sk-live-SECRET"})
+    path = write(tmp_path, data)
+    spec, warnings = load_spec(path, environ={})
+    assert warnings == [
+        f"{path}: api.api_key is written in the spec. Secrets belong in the environment: "
+        "write `api_key: ${SENT_DM_API_KEY}` and export the variable."
+    ]
+    assert "sk-live-SECRET" not in repr(spec)
+    assert "sk-live-SECRET" not in str(spec.model_dump())
+
+
+def test_real_api_needs_credentials_but_the_sandbox_does_not(tmp_path: Path) -> None:
+    path = write(tmp_path, spec_data(api={"base_url": "https://api.sent.dm"}))
+    assert error_of(path) == (
+        f"{path}: the job spec is invalid:\n"
+        "  api: sender_id is required when base_url is not 'sandbox' (use ${SENT_DM_SENDER_ID})"
+    )
+    path = write(tmp_path, spec_data(api={"base_url": "https://api.sent.dm", "sender_id": "abc", "api_key": "${K}"}))
+    assert error_of(path, {"K": "x"}) == (
+        f"{path}: the job spec is invalid:\n  api: sender_id is not a GUID (like 6ba7b810-9dad-11d1-80b4-00c04fd430c8)"
+    )
+    spec, _ = load_spec(write(tmp_path, spec_data()), environ={})
+    assert spec.api.credentials()[0] == "00000000-0000-4000-8000-000000000000"
+
+
+def test_base_url_must_be_http_or_sandbox(tmp_path: Path) -> None:
+    path = write(tmp_path, spec_data(api={"base_url": "api.sent.dm"}))
+    assert error_of(path) == (
+        f"{path}: the job spec is invalid:\n  api.base_url: 'api.sent.dm' is neither an http(s) URL nor 'sandbox'"
+    )
+
+
+def test_malformed_yaml_reports_the_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "version: 1\nname: x\ninput:\n  path: [unclosed\n")
+    message = error_of(path)
+    assert message.startswith(f"{path}: not valid YAML at line ")
+    assert message.endswith("Hint: check indentation and quoting.")
+
+
+def test_empty_missing_and_non_mapping_specs(tmp_path: Path) -> None:
+    assert error_of(write(tmp_path, "")) == (
+        f"{tmp_path / 'spec.yaml'}: the job spec is empty. Hint: start from configs/campaign.yaml."
+    )
+    assert error_of(write(tmp_path, "- a\n- b\n")) == (
+        f"{tmp_path / 'spec.yaml'}: the job spec must be a mapping of keys (version, name, input, ...)."
+    )
+    missing = tmp_path / "nope.yaml"
+    assert error_of(missing) == (
+        f"{missing}: job spec not found. Hint: check the path (it is relative to this folder)."
+    )
+
+
+def test_unknown_encoding_and_bad_rate(tmp_path: Path) -> None:
+    path = write(tmp_path, spec_data(input={"path": "c.csv", "encoding": "klingon"}, send={"rate": "fast"}))
+    assert error_of(path) == (
+        f"{path}: the job spec is invalid:\n"
+        "  input.encoding: unknown text encoding 'klingon' (e.g. utf-8, latin-1, cp1252, utf-16)\n"
+        "  send.rate: rate 'fast' is not like '300/min' or '5/s'"
+    )
+
+
+@pytest.mark.parametrize(("text", "per_s"), [("300/min", 5.0), ("5/s", 5.0), ("7200 / hour", 2.0), ("0.5/s", 0.5)])
+def test_rates_are_read_per_second(text: str, per_s: float) -> None:
+    assert parse_rate(text) == per_s
+
+
+def test_yaml_numbers_as_literal_values_become_text(tmp_path: Path) -> None:
+    data = spec_data()
+    data["message"]["variables"]["code"] = {"value": 7}
+    spec, _ = load_spec(write(tmp_path, data), environ={})
+    assert spec.message.variables["code"].value == "7"
