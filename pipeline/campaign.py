@@ -10,6 +10,7 @@ import json
 import signal
 import threading
 import time
+from array import array
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,11 +21,13 @@ import httpx
 import polars as pl
 
 from pipeline import payload, results, source, validate
+from pipeline.errors import OutputError
 from pipeline.limits import Pacer
-from pipeline.outcome import FAILED, NOT_ATTEMPTED, SENT, UNKNOWN
+from pipeline.outcome import FAILED, NOT_ATTEMPTED, SENT, UNKNOWN, Verdict
 from pipeline.sandbox import SandboxServer
 from pipeline.send import RunControl, SenderConfig, SendJob, SendOutcome, send_all
 from pipeline.spec import CampaignSpec, SandboxSpec
+from pipeline.state import OUTCOME_COLUMNS, PENDING, GroupCommitter, StateStore, StateWriteError, state_path_for
 
 
 @dataclass(frozen=True)
@@ -89,19 +92,10 @@ def validate_campaign(spec: CampaignSpec) -> tuple[ValidationReport, PreparedCam
     return report, prepared
 
 
-def validation_outcomes(prepared: PreparedCampaign) -> pl.DataFrame:
-    """Per-row outcome of validation alone, in the results format: rows that would be sent are `not_attempted`."""
-    return prepared.checked.select(
-        pl.col(payload.ROW),
-        pl.col(validate.STATUS).fill_null(NOT_ATTEMPTED),
-        pl.col(validate.ERROR),
-        pl.lit(0).alias("result_attempts"),
-    )
-
-
 def write_validation_results(prepared: PreparedCampaign, path: Path) -> None:
-    table = results.assemble_results(prepared.frame, validation_outcomes(prepared))
-    results.write_results(table, Path(path))
+    """Each row's validation outcome in the results format: rows that would be sent are `not_attempted`."""
+    table = _final_outcomes(prepared, _empty_outcomes(), None)
+    results.write_results(results.assemble_results(prepared.frame, table), path)
 
 
 # --- run ---------------------------------------------------------------------------------------------------------
@@ -112,13 +106,24 @@ class ProgressSink(Protocol):
 
     def start(self, total: int) -> None: ...
     def update(self, counts: Mapping[str, int]) -> None: ...
+    def notice(self, message: str) -> None: ...
     def finish(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class RetrySelection:
+    """Which rows with an earlier outcome the `retry` command sends again."""
+
+    statuses: frozenset[str] = frozenset({FAILED})
+    include_permanent: bool = False  # failed rows the server refused for good (4xx) or that failed authentication
+    rows: frozenset[int] | None = None  # result_row positions; None = all
 
 
 @dataclass(frozen=True)
 class RunOptions:
     dry_run: bool = False
     limit: int | None = None
+    retry: RetrySelection | None = None  # None: a normal run, which sends only rows with no outcome yet
     transport: httpx.AsyncBaseTransport | None = None  # tests inject one; None = a real network client
     progress_interval_s: float = 0.2
     handle_signals: bool = True
@@ -130,12 +135,15 @@ class RunSummary:
     rows: int
     counts: dict[str, int]
     top_errors: list[tuple[str, int]]
-    attempted: int
+    attempted: int  # rows sent (or tried) by this run
+    skipped: int  # rows that already had an outcome from an earlier run and were not sent again
+    recovered_in_flight: int  # rows an earlier, killed run left in flight
     wall_s: float
     messages_per_s: float
     latency_p50_ms: float | None
     latency_p95_ms: float | None
     results_path: str
+    state_path: str | None
     dry_run: bool
     aborted_reason: str | None
     interrupted_by: str | None  # "SIGINT" / "SIGTERM"
@@ -144,40 +152,21 @@ class RunSummary:
         return asdict(self)
 
 
-class _Outcomes:
-    """Columns of per-row outcomes, appended as answers arrive (one task owns it: the event loop's)."""
+class _Tally:
+    """Live counts and latencies of this run's outcomes, for progress and the summary."""
 
     def __init__(self, progress: ProgressSink | None) -> None:
-        self.columns: dict[str, list[Any]] = {name: [] for name in _OUTCOME_COLUMNS}
         self.counts: dict[str, int] = {SENT: 0, FAILED: 0, UNKNOWN: 0}
+        self.latencies_ms = array("d")
         self.progress = progress
 
     def add(self, outcome: SendOutcome) -> None:
-        c = self.columns
-        c["result_row"].append(outcome.row)
-        c["result_status"].append(outcome.status)
-        c["result_http_status"].append(outcome.http_status)
-        c["result_message_id"].append(outcome.message_id)
-        c["result_error"].append(outcome.error)
-        c["result_attempts"].append(outcome.attempts)
-        c["result_sent_at"].append(outcome.sent_at)
-        c["result_latency_ms"].append(outcome.latency_ms)
         self.counts[outcome.status] += 1
+        self.latencies_ms.append(outcome.latency_ms)
 
-    def frame(self) -> pl.DataFrame:
-        return pl.DataFrame(self.columns, schema={n: results.RESULT_SCHEMA[n] for n in _OUTCOME_COLUMNS})
-
-
-_OUTCOME_COLUMNS = (
-    "result_row",
-    "result_status",
-    "result_http_status",
-    "result_message_id",
-    "result_error",
-    "result_attempts",
-    "result_sent_at",
-    "result_latency_ms",
-)
+    @property
+    def attempted(self) -> int:
+        return len(self.latencies_ms)
 
 
 def dry_run_path(path: Path) -> Path:
@@ -185,70 +174,123 @@ def dry_run_path(path: Path) -> Path:
     return path.with_name(f"{path.stem}.dry-run{path.suffix}")
 
 
+def state_path(spec: CampaignSpec) -> Path:
+    return spec.output.state or state_path_for(spec.output.results, spec.name)
+
+
 def run_campaign(
     spec: CampaignSpec, options: RunOptions | None = None, *, progress: ProgressSink | None = None
 ) -> RunSummary:
-    """Validate, send every valid row (unless dry run), write the results file, and summarise."""
+    """Validate, send every row that has no outcome yet (or the rows `options.retry` selects), write the results
+    file, and summarise. A dry run does everything but send, and touches neither the state nor the results file."""
     options = options or RunOptions()
     started = time.monotonic()
     prepared = prepare_campaign(spec)
-    results_path = dry_run_path(spec.output.results) if options.dry_run else spec.output.results
-    results.check_writable(results_path)
+    if options.dry_run:
+        path = dry_run_path(spec.output.results)
+        results.check_writable(path)
+        table = _final_outcomes(prepared, _empty_outcomes(), "dry run: not sent")
+        results.write_results(results.assemble_results(prepared.frame, table), path)
+        return _summarise(spec, table, _Tally(None), RunControl(), options, path, None, (0, 0), 0.0, started)
 
-    to_send = prepared.payloads
-    if options.limit is not None:
-        to_send = to_send.head(options.limit)
-    outcomes = _Outcomes(progress)
-    control = RunControl()
-    send_started = time.monotonic()
-    if not options.dry_run and to_send.height:
-        _send(spec, to_send, outcomes, control, options, progress)
-    send_wall_s = time.monotonic() - send_started
-
-    not_attempted_reason = (
-        "dry run: not sent"
-        if options.dry_run
-        else f"not sent: run aborted: {control.abort_reason}"
+    results.check_writable(spec.output.results)
+    with StateStore(state_path(spec), spec.name) as store:
+        recovered = store.recover_in_flight(resend=spec.send.retry_ambiguous)
+        to_send, skipped = _select(prepared, store.outcomes(), options)
+        tally = _Tally(progress)
+        control = RunControl()
+        send_started = time.monotonic()
+        if to_send.height:
+            _send(spec, to_send, store, tally, control, options)
+        send_wall_s = time.monotonic() - send_started
+        recorded = store.outcomes()
+    reason = (
+        f"not sent: run aborted: {control.abort_reason}"
         if control.abort_reason
         else "not sent: run interrupted"
         if control.interrupt_signal is not None
         else f"not sent: beyond --limit {options.limit}"
     )
-    table = _final_outcomes(prepared, outcomes.frame(), not_attempted_reason)
+    table = _final_outcomes(prepared, recorded, reason)
     results.write_results(
-        results.assemble_results(prepared.frame, table), results_path, after_sending=outcomes.counts[SENT] > 0
+        results.assemble_results(prepared.frame, table), spec.output.results, after_sending=tally.attempted > 0
     )
-    return _summarise(spec, table, outcomes, control, options, results_path, send_wall_s, started)
+    return _summarise(
+        spec,
+        table,
+        tally,
+        control,
+        options,
+        spec.output.results,
+        state_path(spec),
+        (skipped, recovered),
+        send_wall_s,
+        started,
+    )
 
 
-def _final_outcomes(prepared: PreparedCampaign, sent: pl.DataFrame, not_attempted_reason: str) -> pl.DataFrame:
-    """Every input row's outcome: validation's verdict, the sender's, or not_attempted."""
+def _select(prepared: PreparedCampaign, recorded: pl.DataFrame, options: RunOptions) -> tuple[pl.DataFrame, int]:
+    """The payload rows to send now, and how many rows were left alone because they already have an outcome."""
+    payloads = prepared.payloads.join(
+        recorded.select(payload.KEY, "result_status", "result_verdict"),
+        on=payload.KEY,
+        how="left",
+        maintain_order="left",
+    )
+    fresh = pl.col("result_status").is_null() | (pl.col("result_status") == PENDING)
+    if options.retry is None:
+        wanted = fresh
+    else:
+        selection = options.retry
+        refused = pl.col("result_verdict").is_in([Verdict.PERMANENT.value, Verdict.AUTH.value])
+        wanted = pl.col("result_status").is_in(list(selection.statuses))
+        if not selection.include_permanent:
+            wanted = wanted & ~((pl.col("result_status") == FAILED) & refused)
+        if selection.rows is not None:
+            wanted = wanted & pl.col(payload.ROW).is_in(list(selection.rows))
+    chosen = payloads.filter(wanted)
+    skipped = payloads.filter(~fresh).height if options.retry is None else 0
+    if options.limit is not None:
+        chosen = chosen.head(options.limit)
+    return chosen.select(payload.ROW, payload.BODY, payload.KEY), skipped
+
+
+def _empty_outcomes() -> pl.DataFrame:
+    return pl.DataFrame(schema=OUTCOME_COLUMNS)
+
+
+def _final_outcomes(prepared: PreparedCampaign, recorded: pl.DataFrame, not_sent_reason: str | None) -> pl.DataFrame:
+    """Every input row's outcome: validation's verdict, the recorded delivery outcome, or not_attempted."""
     checked = prepared.checked.select(
         pl.col(payload.ROW), pl.col(validate.STATUS).alias("check_status"), pl.col(validate.ERROR).alias("check_error")
     )
-    merged = checked.join(sent, on=payload.ROW, how="left", maintain_order="left")
+    keys = prepared.payloads.select(payload.ROW, payload.KEY)
+    delivered = recorded.filter(pl.col("result_status").is_in([SENT, FAILED, UNKNOWN]))
+    merged = checked.join(keys, on=payload.ROW, how="left", maintain_order="left").join(
+        delivered, on=payload.KEY, how="left", maintain_order="left"
+    )
     status = pl.coalesce(pl.col("check_status"), pl.col("result_status"), pl.lit(NOT_ATTEMPTED))
     error = (
         pl.when(pl.col("check_status").is_not_null())
         .then(pl.col("check_error"))
         .when(pl.col("result_status").is_not_null())
         .then(pl.col("result_error"))
-        .otherwise(pl.lit(not_attempted_reason))
+        .otherwise(pl.lit(not_sent_reason, dtype=pl.String))
     )
     return merged.with_columns(
         status.alias("result_status"),
         error.alias("result_error"),
         pl.col("result_attempts").fill_null(0),
-    ).drop("check_status", "check_error")
+    ).drop("check_status", "check_error", payload.KEY, "result_verdict")
 
 
 def _send(
     spec: CampaignSpec,
     to_send: pl.DataFrame,
-    outcomes: _Outcomes,
+    store: StateStore,
+    tally: _Tally,
     control: RunControl,
     options: RunOptions,
-    progress: ProgressSink | None,
 ) -> None:
     sender_id, api_key = spec.api.credentials()
     with contextlib.ExitStack() as stack:
@@ -276,34 +318,77 @@ def _send(
             SendJob(row=row, key=key, body=body.encode())
             for row, body, key in to_send.select(payload.ROW, payload.BODY, payload.KEY).iter_rows()
         )
-        if progress is not None:
-            progress.start(to_send.height)
+        if tally.progress is not None:
+            tally.progress.start(to_send.height)
         try:
-            anyio.run(_send_async, jobs, config, pacer, outcomes, control, options)
+            anyio.run(_send_async, jobs, config, pacer, store, tally, control, options)
         finally:
-            if progress is not None:
-                progress.update(outcomes.counts)
-                progress.finish()
+            if tally.progress is not None:
+                tally.progress.update(tally.counts)
+                tally.progress.finish()
 
 
 async def _send_async(
     jobs: Iterable[SendJob],
     config: SenderConfig,
     pacer: Pacer,
-    outcomes: _Outcomes,
+    store: StateStore,
+    tally: _Tally,
     control: RunControl,
     options: RunOptions,
 ) -> None:
-    async with anyio.create_task_group() as group:
-        if options.handle_signals and threading.current_thread() is threading.main_thread():
-            group.start_soon(_watch_signals, control, group.cancel_scope, config.timeout_s)
-        if outcomes.progress is not None:
-            group.start_soon(_report_progress, outcomes, options.progress_interval_s)
-        await send_all(jobs, config, on_outcome=outcomes.add, control=control, pacer=pacer, transport=options.transport)
-        group.cancel_scope.cancel()
+    committer = GroupCommitter(store)
+
+    def on_outcome(outcome: SendOutcome) -> None:
+        tally.add(outcome)
+        committer.record(
+            (
+                outcome.key,
+                outcome.status,
+                outcome.verdict.value,
+                outcome.http_status,
+                outcome.message_id,
+                outcome.error,
+                outcome.attempts,
+                outcome.sent_at,
+                outcome.latency_ms,
+            )
+        )
+
+    async def before_send(job: SendJob) -> bool:
+        try:
+            await committer.before_send(job.key)
+        except StateWriteError as exc:
+            control.abort(str(exc))
+            return False
+        return True
+
+    try:
+        async with anyio.create_task_group() as group:
+            if options.handle_signals and threading.current_thread() is threading.main_thread():
+                group.start_soon(_watch_signals, control, group.cancel_scope, config.timeout_s, tally.progress)
+            if tally.progress is not None:
+                group.start_soon(_report_progress, tally, options.progress_interval_s)
+            group.start_soon(committer.run)
+            await send_all(
+                jobs,
+                config,
+                on_outcome=on_outcome,
+                before_send=before_send,
+                control=control,
+                pacer=pacer,
+                transport=options.transport,
+            )
+            group.cancel_scope.cancel()
+    finally:
+        committer.flush()
+    if committer.error is not None:
+        raise OutputError(f"{committer.error}. Hint: free disk space and run again.", after_sending=True)
 
 
-async def _watch_signals(control: RunControl, scope: anyio.CancelScope, grace_s: float) -> None:
+async def _watch_signals(
+    control: RunControl, scope: anyio.CancelScope, grace_s: float, progress: ProgressSink | None
+) -> None:
     """First SIGINT/SIGTERM: stop taking rows and let requests in flight finish (at most `grace_s` more).
     A second signal, or the grace running out, cancels them: those rows become `unknown`."""
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -314,22 +399,29 @@ async def _watch_signals(control: RunControl, scope: anyio.CancelScope, grace_s:
             control.interrupt_signal = signum
             control.stop()
             scope.deadline = min(scope.deadline, anyio.current_time() + grace_s)
+            if progress is not None:
+                progress.notice(
+                    f"{signal.Signals(signum).name}: sending no more rows; waiting up to {grace_s:g} s for requests "
+                    "in flight (press Ctrl-C again to stop at once)"
+                )
 
 
-async def _report_progress(outcomes: _Outcomes, interval_s: float) -> None:
-    assert outcomes.progress is not None
+async def _report_progress(tally: _Tally, interval_s: float) -> None:
+    assert tally.progress is not None
     while True:
         await anyio.sleep(interval_s)
-        outcomes.progress.update(outcomes.counts)
+        tally.progress.update(tally.counts)
 
 
 def _summarise(
     spec: CampaignSpec,
     table: pl.DataFrame,
-    outcomes: _Outcomes,
+    tally: _Tally,
     control: RunControl,
     options: RunOptions,
     results_path: Path,
+    state_file: Path | None,
+    skipped_recovered: tuple[int, int],
     send_wall_s: float,
     started: float,
 ) -> RunSummary:
@@ -343,20 +435,22 @@ def _summarise(
         .sort(["len", "result_error"], descending=[True, False])
         .head(5)
     )
-    latency = outcomes.frame()["result_latency_ms"]
-    attempted = latency.len()
+    latency = pl.Series(tally.latencies_ms, dtype=pl.Float64)
     signal_name = signal.Signals(control.interrupt_signal).name if control.interrupt_signal is not None else None
     return RunSummary(
         campaign=spec.name,
         rows=table.height,
         counts=counts,
         top_errors=[(str(e), int(n)) for e, n in errors.iter_rows()],
-        attempted=attempted,
+        attempted=tally.attempted,
+        skipped=skipped_recovered[0],
+        recovered_in_flight=skipped_recovered[1],
         wall_s=round(time.monotonic() - started, 3),
-        messages_per_s=round(attempted / send_wall_s, 1) if attempted and send_wall_s > 0 else 0.0,
+        messages_per_s=round(tally.attempted / send_wall_s, 1) if tally.attempted and send_wall_s > 0 else 0.0,
         latency_p50_ms=_quantile(latency, 0.5),
         latency_p95_ms=_quantile(latency, 0.95),
         results_path=str(results_path),
+        state_path=str(state_file) if state_file is not None else None,
         dry_run=options.dry_run,
         aborted_reason=control.abort_reason,
         interrupted_by=signal_name,

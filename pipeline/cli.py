@@ -16,6 +16,7 @@ from typing import TextIO
 from pipeline import __version__, errors
 from pipeline.campaign import (
     ProgressSink,
+    RetrySelection,
     RunOptions,
     RunSummary,
     ValidationReport,
@@ -92,6 +93,32 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--summary-json", metavar="FILE", help="also write the run summary as JSON to FILE")
     run.set_defaults(handler=_run)
 
+    retry = commands.add_parser(
+        "retry",
+        help="send again the rows whose last outcome was a transient failure",
+        description="Resend the campaign's rows whose last outcome was `failed` for a transient reason (429, 503, "
+        "408, connection failures), then rewrite the results file. Rows the server acknowledged are never resent.",
+    )
+    retry.add_argument("spec", help="path to the YAML job spec")
+    retry.add_argument(
+        "--status",
+        default="failed",
+        metavar="LIST",
+        help="comma-separated statuses to resend: failed, unknown (default: failed)",
+    )
+    retry.add_argument("--rows", metavar="LIST", help="only these rows (result_row), e.g. 12,40-45")
+    retry.add_argument(
+        "--include-unknown",
+        action="store_true",
+        help="also resend `unknown` rows: they may have been delivered, so this can text a person twice",
+    )
+    retry.add_argument(
+        "--include-permanent", action="store_true", help="also resend rows the server refused (4xx, 401/403)"
+    )
+    retry.add_argument("--quiet", action="store_true", help="no progress bar; a progress line every few seconds")
+    retry.add_argument("--summary-json", metavar="FILE", help="also write the summary as JSON to FILE")
+    retry.set_defaults(handler=_retry, dry_run=False, limit=None)
+
     sandbox = commands.add_parser(
         "sandbox",
         help="run the local fake Sent.dm API until Ctrl-C",
@@ -151,16 +178,51 @@ def _print_validation(spec: CampaignSpec, report: ValidationReport, out: TextIO)
         print(json.dumps(report.example_payload, indent=2, ensure_ascii=False), file=out)
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, retry: RetrySelection | None = None) -> int:
     spec = _load(args.spec)
     progress: ProgressSink = (
         BarProgress(sys.stderr) if sys.stderr.isatty() and not args.quiet else LogProgress(sys.stderr)
     )
-    summary = run_campaign(spec, RunOptions(dry_run=args.dry_run, limit=args.limit), progress=progress)
+    options = RunOptions(dry_run=args.dry_run, limit=args.limit, retry=retry)
+    summary = run_campaign(spec, options, progress=progress)
     print(format_summary(summary))
     if args.summary_json:
         _write_json(Path(args.summary_json), summary)
     return _run_exit_code(summary)
+
+
+def _retry(args: argparse.Namespace) -> int:
+    statuses = frozenset(s.strip() for s in args.status.split(",") if s.strip())
+    unknown_statuses = statuses - {"failed", "unknown"}
+    if not statuses or unknown_statuses:
+        raise errors.UsageError(f"--status takes failed and/or unknown, not {args.status!r}")
+    if args.include_unknown:
+        statuses |= {"unknown"}
+    elif "unknown" in statuses:
+        raise errors.UsageError(
+            "`unknown` rows may already have been delivered; add --include-unknown to resend them anyway"
+        )
+    if "unknown" in statuses:
+        print(
+            "warning: resending `unknown` rows: each may already have reached its recipient, who may get it twice.",
+            file=sys.stderr,
+        )
+    rows = _parse_rows(args.rows) if args.rows else None
+    return _run(args, RetrySelection(statuses=statuses, include_permanent=args.include_permanent, rows=rows))
+
+
+def _parse_rows(text: str) -> frozenset[int]:
+    rows: set[int] = set()
+    for part in text.split(","):
+        first, _, last = part.strip().partition("-")
+        try:
+            low, high = int(first), int(last or first)
+        except ValueError:
+            raise errors.UsageError(f"--rows: {part.strip()!r} is not a row number or a range like 40-45") from None
+        if low < 1 or high < low:
+            raise errors.UsageError(f"--rows: {part.strip()!r} is not a valid range (rows count from 1)")
+        rows.update(range(low, high + 1))
+    return frozenset(rows)
 
 
 def _run_exit_code(summary: RunSummary) -> int:

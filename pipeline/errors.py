@@ -5,7 +5,8 @@
     +-- UsageError                bad command line (exit 2)
     +-- SpecError                 the YAML job spec is invalid (exit 2); names the file and dotted key path
     +-- InputError                the contacts file cannot be read as a table (exit 2); names the file and line
-    +-- OutputError               the results file cannot be written (exit 2 before sending, 3 after)
+    +-- OutputError               the results file or state cannot be written (exit 2 before sending, 3 after)
+    +-- CampaignBusy              another process is running the same campaign (exit 2)
 
 Row-level problems (an invalid GUID, a failed request) are never exceptions: they are a status and a reason in the
 results file.
@@ -46,3 +47,7 @@ class OutputError(PipelineError):
     def __init__(self, message: str, *, after_sending: bool = False) -> None:
         super().__init__(message)
         self.exit_code = EXIT_ABORTED if after_sending else EXIT_USAGE
+
+
+class CampaignBusy(PipelineError):
+    """Another process holds the campaign's lock: running both could send a message twice."""

@@ -33,6 +33,12 @@ class BarProgress:
         self._bar.update(_done(counts) - self._bar.n)
         self._bar.set_postfix(sent=counts.get("sent", 0), failed=counts.get("failed", 0), refresh=False)
 
+    def notice(self, message: str) -> None:
+        if self._bar is not None:
+            self._bar.write(message, file=self._stream)
+        else:
+            print(message, file=self._stream, flush=True)
+
     def finish(self) -> None:
         if self._bar is not None:
             self._bar.close()
@@ -60,6 +66,9 @@ class LogProgress:
             self._last = now
             self._line(counts, now)
 
+    def notice(self, message: str) -> None:
+        print(message, file=self._stream, flush=True)
+
     def finish(self) -> None:
         return
 
@@ -73,6 +82,15 @@ class LogProgress:
 def format_summary(summary: RunSummary) -> str:
     title = "Dry run" if summary.dry_run else "Run"
     lines = [f"{title} of campaign {summary.campaign}: {summary.rows} row(s)"]
+    if summary.skipped:
+        lines.append(
+            f"Resumed: {summary.skipped} row(s) already had an outcome from an earlier run and were not sent again"
+        )
+    if summary.recovered_in_flight:
+        lines.append(
+            f"{summary.recovered_in_flight} row(s) were in flight when an earlier run stopped: "
+            "they may have been delivered (see result_error)"
+        )
     width = max(len(k) for k in summary.counts)
     lines += [f"  {status:<{width}}  {n}" for status, n in summary.counts.items() if n]
     if summary.aborted_reason:
@@ -89,4 +107,6 @@ def format_summary(summary: RunSummary) -> str:
         timing += f", latency p50 {summary.latency_p50_ms:.1f} ms, p95 {summary.latency_p95_ms:.1f} ms"
     lines.append(timing)
     lines.append(f"Results: {summary.results_path}")
+    if summary.state_path:
+        lines.append(f"State: {summary.state_path}")
     return "\n".join(lines)

@@ -67,6 +67,9 @@ def write_results(results: pl.DataFrame, path: Path, *, after_sending: bool = Fa
 
 def check_writable(path: Path) -> None:
     """Fail before anything is sent if the results folder cannot take a file."""
+    if path.exists() and not path.is_file():
+        # a rename over a device or folder would replace it, or fail only after every message was sent
+        raise OutputError(f"{path}: the results path exists and is not a regular file. Hint: fix output.results.")
     probe = path.with_name(f".{path.name}.{os.getpid()}.probe")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

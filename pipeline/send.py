@@ -9,7 +9,7 @@ import email.utils
 import math
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
@@ -34,6 +34,7 @@ from pipeline.outcome import (
 )
 
 MESSAGES_PATH = "/v1/messages/contact"
+BeforeSend = Callable[["SendJob"], Awaitable[bool]]
 USER_AGENT = f"sentdm-batch/{__version__}"
 _MAX_PAUSE_S = 3600.0
 
@@ -48,6 +49,7 @@ class SendJob:
 @dataclass(frozen=True, slots=True)
 class SendOutcome:
     row: int
+    key: str
     status: str  # sent | failed | unknown
     verdict: Verdict
     http_status: int | None
@@ -132,6 +134,7 @@ class _Sender:
         control: RunControl,
         pacer: Pacer,
         on_outcome: Callable[[SendOutcome], None],
+        before_send: BeforeSend | None,
         rng: random.Random,
     ) -> None:
         self.config = config
@@ -139,6 +142,7 @@ class _Sender:
         self.control = control
         self.pacer = pacer
         self.on_outcome = on_outcome
+        self.before_send = before_send
         self.rng = rng
         self.url = config.base_url.rstrip("/") + MESSAGES_PATH
         self.consecutive_failures = 0
@@ -148,6 +152,10 @@ class _Sender:
             async for job in jobs:
                 if self.control.stopping:
                     continue  # drain without sending: these rows stay not_attempted
+                if self.before_send is not None and not await self.before_send(job):
+                    continue
+                if self.control.stopping:
+                    continue
                 self.on_outcome(await self.deliver(job))
 
     async def deliver(self, job: SendJob) -> SendOutcome:
@@ -190,6 +198,7 @@ class _Sender:
                 self.control.abort(f"authentication failed ({error}); check api.sender_id and api.api_key")
             return SendOutcome(
                 row=job.row,
+                key=job.key,
                 status=final,
                 verdict=verdict,
                 http_status=status,
@@ -204,6 +213,7 @@ class _Sender:
     def _interrupted(job: SendJob, attempt: int, started: float) -> SendOutcome:
         return SendOutcome(
             row=job.row,
+            key=job.key,
             status=UNKNOWN,
             verdict=Verdict.AMBIGUOUS,
             http_status=None,
@@ -266,18 +276,20 @@ async def send_all(
     config: SenderConfig,
     *,
     on_outcome: Callable[[SendOutcome], None],
+    before_send: BeforeSend | None = None,
     control: RunControl | None = None,
     pacer: Pacer | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
     seed: int | None = None,
 ) -> None:
     """Send every job until done or stopped; `on_outcome` gets one outcome per attempted job. Jobs not attempted
-    (after a stop or an abort) get no outcome."""
+    (after a stop or an abort) get no outcome. `before_send(job)` runs before a job's first request; it returns
+    False to skip the job (the caller then decides whether to stop the run)."""
     control = control or RunControl()
     pacer = pacer or Pacer()
     send_stream, receive_stream = anyio.create_memory_object_stream[SendJob](config.concurrency)
     async with _client(config, transport) as client:
-        sender = _Sender(config, client, control, pacer, on_outcome, random.Random(seed))
+        sender = _Sender(config, client, control, pacer, on_outcome, before_send, random.Random(seed))
         async with anyio.create_task_group() as workers:
             for _ in range(config.concurrency):
                 workers.start_soon(sender.worker, receive_stream.clone())

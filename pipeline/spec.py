@@ -196,6 +196,7 @@ def parse_rate(text: str) -> float:
 
 class OutputSpec(_Strict):
     results: Path
+    state: Path | None = None  # default: CAMPAIGN.state.sqlite beside the results file
 
     @field_validator("results")
     @classmethod
@@ -277,7 +278,12 @@ def load_spec(path: str | Path, *, environ: dict[str, str] | None = None) -> tup
         update={
             "spec_path": spec_path.resolve(),
             "input": spec.input.model_copy(update={"path": (base / spec.input.path).resolve()}),
-            "output": spec.output.model_copy(update={"results": (base / spec.output.results).resolve()}),
+            "output": spec.output.model_copy(
+                update={
+                    "results": (base / spec.output.results).resolve(),
+                    "state": (base / spec.output.state).resolve() if spec.output.state is not None else None,
+                }
+            ),
         }
     )
     return resolved, warnings

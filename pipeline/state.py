@@ -1,0 +1,263 @@
+"""Durable per-campaign delivery state: what happened to each message, kept across runs and crashes, so a rerun
+never sends again what the server acknowledged.
+
+One SQLite database per campaign (WAL mode), keyed by each row's idempotency key, which is derived from the
+campaign name and the row's content: rows can move, be added or change between runs and still be recognised. A row is
+marked `in_flight` - and that mark is committed - before its request goes out; its outcome replaces the mark after.
+A row found `in_flight` when a run starts belonged to a process that died with the request on the wire: it may have
+been delivered, so it becomes `unknown` (or, with send.retry_ambiguous, is sent again with the same key).
+
+Marks and outcomes are group-committed: workers that are about to send wait together for one transaction, so
+durability costs one commit per batch rather than one per row. A file lock keeps two processes from running the
+same campaign at once.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sqlite3
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import polars as pl
+
+from pipeline.errors import CampaignBusy, OutputError
+
+SCHEMA_VERSION = "1"
+IN_FLIGHT = "in_flight"
+PENDING = "pending"
+_LOST_IN_FLIGHT = "the process stopped while this request was in flight; it may have been delivered"
+
+# Columns of the `messages` table that become result columns, in results order.
+OUTCOME_COLUMNS: dict[str, type[pl.DataType]] = {
+    "idempotency_key": pl.String,
+    "result_status": pl.String,
+    "result_verdict": pl.String,
+    "result_http_status": pl.Int64,
+    "result_message_id": pl.String,
+    "result_error": pl.String,
+    "result_attempts": pl.Int64,
+    "result_sent_at": pl.String,
+    "result_latency_ms": pl.Float64,
+}
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS messages (
+    idempotency_key TEXT PRIMARY KEY,
+    status TEXT NOT NULL,          -- in_flight | pending | sent | failed | unknown
+    verdict TEXT,                  -- sent | permanent | auth | transient | ambiguous
+    http_status INTEGER,
+    message_id TEXT,
+    error TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    sent_at TEXT,
+    latency_ms REAL,
+    updated_at REAL NOT NULL
+);
+"""
+
+
+def state_path_for(results_path: Path, campaign: str) -> Path:
+    """Default location: beside the results file, named after the campaign."""
+    return results_path.parent / f"{campaign}.state.sqlite"
+
+
+class StateStore:
+    """The campaign's database and its lock. Use as a context manager; one instance per process."""
+
+    def __init__(self, path: Path, campaign: str) -> None:
+        self.path = path
+        self.campaign = campaign
+        self._lock_fd: int | None = None
+        self._db: sqlite3.Connection | None = None
+
+    def __enter__(self) -> StateStore:
+        self.open()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def open(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock()
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL: a committed transaction survives the process being killed; only a power loss can lose the
+            # last commits (FULL would fsync every commit, about twice the cost)
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA busy_timeout=5000")
+            db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            self.close()
+            raise OutputError(f"{self.path}: cannot open the campaign state: {exc}") from None
+        except OSError as exc:
+            self.close()
+            raise OutputError(f"{self.path}: cannot open the campaign state: {exc.strerror or exc}") from None
+        self._db = db
+        self._check_campaign()
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing releases the flock
+            self._lock_fd = None
+
+    def _lock(self) -> None:
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise CampaignBusy(
+                f"campaign {self.campaign!r} is already running (pid {holder}, lock {lock_path}). "
+                "Hint: wait for it to finish; two runs of one campaign at once could send a message twice."
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._lock_fd = fd
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise RuntimeError("state store is not open")
+        return self._db
+
+    def _check_campaign(self) -> None:
+        rows = dict(self.db.execute("SELECT key, value FROM meta").fetchall())
+        if not rows:
+            self.db.executemany(
+                "INSERT INTO meta (key, value) VALUES (?, ?)",
+                [("campaign", self.campaign), ("schema", SCHEMA_VERSION), ("created_at", str(time.time()))],
+            )
+            return
+        if rows.get("campaign") != self.campaign:
+            raise OutputError(
+                f"{self.path}: this state belongs to campaign {rows.get('campaign')!r}, not {self.campaign!r}. "
+                "Hint: point output.state at this campaign's own file."
+            )
+        if rows.get("schema") != SCHEMA_VERSION:
+            raise OutputError(f"{self.path}: state schema {rows.get('schema')!r} is not supported by this version.")
+
+    # --- reading ---------------------------------------------------------------------------------------------------
+
+    def recover_in_flight(self, *, resend: bool) -> int:
+        """Settle rows a dead process left in flight: `unknown`, or `pending` (to send again) when `resend`."""
+        if resend:
+            cursor = self.db.execute(
+                "UPDATE messages SET status = ?, updated_at = ? WHERE status = ?", (PENDING, time.time(), IN_FLIGHT)
+            )
+        else:
+            cursor = self.db.execute(
+                "UPDATE messages SET status = 'unknown', verdict = 'ambiguous', error = ?, updated_at = ? "
+                "WHERE status = ?",
+                (_LOST_IN_FLIGHT, time.time(), IN_FLIGHT),
+            )
+        return cursor.rowcount
+
+    def outcomes(self) -> pl.DataFrame:
+        """Every recorded row: idempotency_key and the result columns (status as recorded)."""
+        cursor = self.db.execute(
+            "SELECT idempotency_key, status, verdict, http_status, message_id, error, attempts, sent_at, latency_ms "
+            "FROM messages"
+        )
+        return pl.DataFrame(cursor.fetchall(), schema=OUTCOME_COLUMNS, orient="row")
+
+    # --- writing ---------------------------------------------------------------------------------------------------
+
+    def commit(self, in_flight: Iterable[str], outcomes: Iterable[tuple[Any, ...]]) -> None:
+        """One transaction: mark `in_flight` keys, then record outcomes
+        (key, status, verdict, http_status, message_id, error, attempts, sent_at, latency_ms)."""
+        now = time.time()
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT INTO messages (idempotency_key, status, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (idempotency_key) DO UPDATE "
+                "SET status = excluded.status, updated_at = excluded.updated_at",
+                [(key, IN_FLIGHT, now) for key in in_flight],
+            )
+            db.executemany(
+                "UPDATE messages SET status = ?, verdict = ?, http_status = ?, message_id = ?, error = ?, "
+                "attempts = attempts + ?, sent_at = ?, latency_ms = ?, updated_at = ? WHERE idempotency_key = ?",
+                [(*o[1:], now, o[0]) for o in outcomes],
+            )
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self.db)
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.db.execute("BEGIN IMMEDIATE")
+        return self.db
+
+    def __exit__(self, exc_type: object, *_rest: object) -> None:
+        if exc_type is None:
+            self.db.execute("COMMIT")
+        else:
+            self.db.execute("ROLLBACK")
+
+
+class StateWriteError(Exception):
+    """The state could not be written (disk full, I/O error): nothing more may be sent."""
+
+
+class GroupCommitter:
+    """Batches state writes from many workers into few transactions, on the event loop.
+
+    `before_send` returns only once the row's in-flight mark is committed; `record` queues an outcome for the next
+    commit. Run `run()` in a task and call `flush()` at the end."""
+
+    def __init__(self, store: StateStore) -> None:
+        self._store = store
+        self._in_flight: list[str] = []
+        self._outcomes: list[tuple[Any, ...]] = []
+        self._wake = anyio.Event()
+        self._committed = anyio.Event()
+        self.error: str | None = None
+
+    async def before_send(self, key: str) -> None:
+        if self.error is not None:
+            raise StateWriteError(self.error)
+        self._in_flight.append(key)
+        committed = self._committed
+        self._wake.set()
+        await committed.wait()
+        if self.error is not None:
+            raise StateWriteError(self.error)
+
+    def record(self, outcome: tuple[Any, ...]) -> None:
+        self._outcomes.append(outcome)
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+            self.flush()
+            # let the woken workers send before the next commit, so marks gather into batches
+            await anyio.sleep(0)
+
+    def flush(self) -> None:
+        in_flight, self._in_flight = self._in_flight, []
+        outcomes, self._outcomes = self._outcomes, []
+        committed, self._committed = self._committed, anyio.Event()
+        if (in_flight or outcomes) and self.error is None:
+            try:
+                self._store.commit(in_flight, outcomes)
+            except sqlite3.Error as exc:
+                self.error = f"cannot write the campaign state {self._store.path}: {exc}"
+        committed.set()
