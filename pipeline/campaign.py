@@ -136,6 +136,8 @@ class RunSummary:
     counts: dict[str, int]
     top_errors: list[tuple[str, int]]
     attempted: int  # rows sent (or tried) by this run
+    rate_slowdowns: int  # times a 429 made the sender halve its rate
+    server_pauses: int  # times the server asked every worker to wait (Retry-After, X-RateLimit-Reset)
     skipped: int  # rows that already had an outcome from an earlier run and were not sent again
     recovered_in_flight: int  # rows an earlier, killed run left in flight
     wall_s: float
@@ -159,6 +161,8 @@ class _Tally:
         self.counts: dict[str, int] = {SENT: 0, FAILED: 0, UNKNOWN: 0}
         self.latencies_ms = array("d")
         self.progress = progress
+        self.slowdowns = 0
+        self.pauses = 0
 
     def add(self, outcome: SendOutcome) -> None:
         self.counts[outcome.status] += 1
@@ -323,6 +327,7 @@ def _send(
         try:
             anyio.run(_send_async, jobs, config, pacer, store, tally, control, options)
         finally:
+            tally.slowdowns, tally.pauses = pacer.slowdowns, pacer.pauses
             if tally.progress is not None:
                 tally.progress.update(tally.counts)
                 tally.progress.finish()
@@ -443,6 +448,8 @@ def _summarise(
         counts=counts,
         top_errors=[(str(e), int(n)) for e, n in errors.iter_rows()],
         attempted=tally.attempted,
+        rate_slowdowns=tally.slowdowns,
+        server_pauses=tally.pauses,
         skipped=skipped_recovered[0],
         recovered_in_flight=skipped_recovered[1],
         wall_s=round(time.monotonic() - started, 3),

@@ -1,7 +1,10 @@
-"""Pacing shared by all send workers: an optional token-bucket rate limit and a global pause.
+"""Pacing shared by all send workers: a token-bucket rate limit, a global pause, and self-adjustment on 429.
 
 The API's limits are per account, so when one worker hears "slow down" (429/503 with Retry-After, or
-X-RateLimit-Remaining: 0) every worker waits, not just the one that was told.
+X-RateLimit-Remaining: 0) every worker waits, not just the one that was told. When 429s arrive although the client
+already paces itself, the rate is halved (from the configured rate, or from the rate actually achieved when none is
+configured) and then raised again by a tenth of the starting rate each second without a 429 - additive increase,
+multiplicative decrease, as TCP does.
 """
 
 from __future__ import annotations
@@ -12,10 +15,14 @@ from collections.abc import Callable
 
 import anyio
 
+_RECOVERY_STEP_S = 1.0
+_MEASURE_WINDOW_S = 2.0
+_MIN_RATE_PER_S = 0.1
+
 
 class Pacer:
-    """Admits one request at a time at no more than `rate_per_s` (bursts up to `burst`), and holds every request
-    while a pause is in force. `rate_per_s=None` means no rate limit."""
+    """Admits one request at a time at no more than the current rate (bursts up to `burst`), and holds every request
+    while a pause is in force. `rate_per_s=None` means no rate limit until the server asks for one."""
 
     def __init__(
         self,
@@ -28,14 +35,27 @@ class Pacer:
             raise ValueError(f"rate_per_s must be a positive number, not {rate_per_s!r}")
         if burst < 1:
             raise ValueError(f"burst must be at least 1, not {burst!r}")
+        self._configured = rate_per_s
         self._rate = rate_per_s
+        self._ceiling = rate_per_s  # where recovery stops; None = unlimited again
         self._burst = float(burst)
         self._clock = clock
+        now = clock()
         self._tokens = float(burst)
-        self._stamp = clock()
+        self._stamp = now
         self._paused_until = 0.0
+        self._last_change = self._last_slowdown = now
+        self._window_start = now
+        self._window_count = 0
+        self._previous_rate = 0.0
         self._lock = anyio.Lock()
         self.pauses = 0
+        self.slowdowns = 0
+
+    @property
+    def rate_per_s(self) -> float | None:
+        """The rate in force now (None: unlimited)."""
+        return self._rate
 
     def pause_for(self, seconds: float) -> None:
         """Hold every request for at least `seconds` from now (a longer pause already in force wins)."""
@@ -46,6 +66,42 @@ class Pacer:
             self._paused_until = until
             self.pauses += 1
 
+    def slow_down(self) -> None:
+        """The server said 429: halve the rate - once per second at most, since the requests already in flight
+        when the first 429 came are likely to get one too."""
+        now = self._clock()
+        if self.slowdowns and now - self._last_slowdown < _RECOVERY_STEP_S:
+            return
+        current = self._rate if self._rate is not None else self._achieved_rate(now)
+        if self._ceiling is None and self._configured is None:
+            self._ceiling = max(current, _MIN_RATE_PER_S)
+        self._rate = max(current / 2, _MIN_RATE_PER_S)
+        self._tokens = min(self._tokens, 1.0)
+        self._stamp = self._last_change = self._last_slowdown = now
+        self.slowdowns += 1
+
+    def _achieved_rate(self, now: float) -> float:
+        elapsed = now - self._window_start
+        if elapsed >= 0.5:
+            return self._window_count / elapsed
+        return max(self._previous_rate, self._window_count / max(elapsed, 0.1))
+
+    def _recover(self, now: float) -> None:
+        if self._rate is None or self._ceiling is None or self._rate >= self._ceiling:
+            return
+        steps = int((now - self._last_change) / _RECOVERY_STEP_S)
+        if steps:
+            self._rate = min(self._ceiling, self._rate + steps * self._ceiling / 10)
+            self._last_change += steps * _RECOVERY_STEP_S
+            if self._rate >= self._ceiling and self._configured is None:
+                self._rate = self._ceiling = None  # fully recovered: unlimited again
+
+    def _count(self, now: float) -> None:
+        self._window_count += 1
+        if now - self._window_start >= _MEASURE_WINDOW_S:
+            self._previous_rate = self._window_count / (now - self._window_start)
+            self._window_start, self._window_count = now, 0
+
     async def wait_turn(self) -> None:
         # one waiter at a time keeps the admission order fair and the bucket arithmetic simple
         async with self._lock:
@@ -54,11 +110,14 @@ class Pacer:
                 if now < self._paused_until:
                     await anyio.sleep(self._paused_until - now)
                     continue
+                self._recover(now)
                 if self._rate is None:
+                    self._count(now)
                     return
                 self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
                 self._stamp = now
-                if self._tokens >= 1:
-                    self._tokens -= 1
+                if self._tokens >= 1 - 1e-9:  # tolerance: float sums of waits land a hair short of a whole token
+                    self._tokens = max(self._tokens - 1, 0.0)
+                    self._count(now)
                     return
                 await anyio.sleep((1 - self._tokens) / self._rate)

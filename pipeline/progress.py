@@ -97,6 +97,11 @@ def format_summary(summary: RunSummary) -> str:
         lines.append(f"ABORTED: {summary.aborted_reason}")
     if summary.interrupted_by:
         lines.append(f"INTERRUPTED by {summary.interrupted_by}: rows not yet sent are marked not_attempted")
+    if summary.rate_slowdowns or summary.server_pauses:
+        lines.append(
+            f"Rate limiting: the server asked to wait {summary.server_pauses} time(s); "
+            f"the sender halved its rate on 429 {summary.rate_slowdowns} time(s)"
+        )
     if summary.top_errors:
         lines.append("Top errors:")
         lines += [f"  {n:>6}  {error}" for error, n in summary.top_errors]

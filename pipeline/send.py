@@ -177,6 +177,8 @@ class _Sender:
             self._watch_breaker(verdict, error)
             if verdict is Verdict.AMBIGUOUS:
                 maybe_delivered = True
+            if status == 429:
+                self.pacer.slow_down()
             wait_s = retry_after_s(headers) if headers is not None else None
             if wait_s is not None:
                 self.pacer.pause_for(wait_s)
