@@ -1,0 +1,136 @@
+"""What a person or a scheduler sees: the progress bar on a terminal, progress lines in logs, the sandbox command,
+and an internal error that is reported as a bug rather than as a result."""
+
+from __future__ import annotations
+
+import fcntl
+import io
+import os
+import pty
+import re
+import select
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from pipeline import cli as cli_module
+from pipeline.progress import LogProgress
+from tests.conftest import SENDER, TEMPLATE, guid
+
+Cli = Callable[..., tuple[int, str, str]]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_log_progress_writes_a_line_per_interval() -> None:
+    out = io.StringIO()
+    progress = LogProgress(out, every_s=0.0)
+    progress.start(10)
+    progress.update({"sent": 3, "failed": 1, "unknown": 0})
+    progress.notice("SIGTERM: stopping")
+    text = out.getvalue()
+    assert text.startswith("sending 10 message(s)\nprogress: 4/10 (")
+    assert "/s): sent 3, failed 1, unknown 0\nSIGTERM: stopping\n" in text
+
+
+def test_log_progress_stays_quiet_between_intervals() -> None:
+    out = io.StringIO()
+    progress = LogProgress(out, every_s=3600)
+    progress.start(10)
+    for n in range(10):
+        progress.update({"sent": n})
+    assert out.getvalue() == "sending 10 message(s)\n"
+
+
+@pytest.mark.slow
+def test_a_terminal_gets_a_progress_bar(tmp_path: Path) -> None:
+    text = Path("configs/campaign.yaml").read_text().replace("../sample_data", str(ROOT / "sample_data"))
+    spec = tmp_path / "campaign.yaml"
+    spec.write_text(text.replace("../out/", "out/"))
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a real terminal has a size
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "run", str(spec)],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=follower,
+    )
+    os.close(follower)
+    seen = b""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([leader], [], [], 1)
+        if ready:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            seen += chunk
+    process.wait(timeout=30)
+    os.close(leader)
+    screen = seen.decode("utf-8", "replace")
+    assert re.search(r"45/45 \[.*msg/s, failed=0, sent=45\]", screen), screen
+    assert "\r" in screen  # a bar redrawn in place, not log lines
+    assert "sending 45 message(s)" not in screen
+
+
+def test_an_internal_error_is_reported_as_a_bug_with_exit_70(
+    cli: Cli, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    def explode(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("something impossible")
+
+    monkeypatch.setattr(cli_module, "validate_campaign", explode)
+    code, out, err = cli("validate", "configs/campaign.yaml")
+    assert code == 70
+    assert out == ""
+    assert err.startswith("internal error: RuntimeError: something impossible\nThis is a bug in sentdm-batch")
+    assert "Traceback" not in err
+    monkeypatch.setenv("SENTDM_BATCH_DEBUG", "1")
+    code, _, err = cli("validate", "configs/campaign.yaml")
+    assert code == 70
+    assert "Traceback" in err
+
+
+def test_the_sandbox_command_serves_until_interrupted() -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "sandbox", "--latency-ms", "1"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        match = re.match(r"Sandbox listening on (http://127\.0\.0\.1:\d+) ", line)
+        assert match, line
+        body = {"contactId": guid(1), "templateId": TEMPLATE, "messageBody": {"name": "Ann"}}
+        answer = httpx.post(
+            f"{match.group(1)}/v1/messages/contact",
+            json=body,
+            headers={"x-api-key": "k", "x-sender-id": SENDER},
+            timeout=5,
+        )
+        assert answer.status_code == 200
+        assert "messageId" in answer.json()
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=10)
+    assert process.returncode == 0
+
+
+def test_sandbox_options_are_checked(cli: Cli) -> None:
+    code, _, err = cli("sandbox", "--failure-rate", "2")
+    assert code == 2
+    assert err.startswith("error: sandbox: failure_rate")
