@@ -21,11 +21,13 @@ import httpx
 import polars as pl
 
 from pipeline import payload, results, source, validate
-from pipeline.errors import OutputError
+from pipeline.errors import OutputError, UsageError
 from pipeline.limits import Pacer
+from pipeline.merge import write_shard_manifest
 from pipeline.outcome import FAILED, NOT_ATTEMPTED, SENT, UNKNOWN, Verdict
 from pipeline.sandbox import SandboxServer
 from pipeline.send import RunControl, SenderConfig, SendJob, SendOutcome, send_all
+from pipeline.shard import Shard
 from pipeline.spec import CampaignSpec, SandboxSpec
 from pipeline.state import OUTCOME_COLUMNS, PENDING, GroupCommitter, StateStore, StateWriteError, state_path_for
 
@@ -64,10 +66,15 @@ class ValidationReport:
     example_payload: dict[str, Any] | None
 
 
-def prepare_campaign(spec: CampaignSpec) -> PreparedCampaign:
-    """Read and validate the input and build every payload. Raises InputError for an unusable file."""
+def prepare_campaign(spec: CampaignSpec, shard: Shard | None = None) -> PreparedCampaign:
+    """Read and validate the input (only the rows of `shard`, if given) and build every payload.
+    Raises InputError for an unusable file."""
     frame = source.read_contacts(spec.input, spec.input_format, required=spec.message.columns())
     fields = payload.message_fields(frame, spec.message)
+    if shard is not None:
+        fields = fields.with_columns(payload.idempotency_keys(fields[payload.CONTENT], campaign=spec.name))
+        mine = fields.select(shard.selects(pl.col(payload.KEY))).to_series()
+        frame, fields = frame.filter(mine), fields.filter(mine)
     checked = validate.check_rows(fields, spec.message)
     to_send = checked.filter(pl.col(validate.STATUS).is_null())
     payloads = payload.encode_payloads(to_send, spec.message, campaign=spec.name)
@@ -124,6 +131,7 @@ class RunOptions:
     dry_run: bool = False
     limit: int | None = None
     retry: RetrySelection | None = None  # None: a normal run, which sends only rows with no outcome yet
+    shard: Shard | None = None  # only this shard's rows, with its own results file and state
     transport: httpx.AsyncBaseTransport | None = None  # tests inject one; None = a real network client
     progress_interval_s: float = 0.2
     handle_signals: bool = True
@@ -132,6 +140,7 @@ class RunOptions:
 @dataclass(frozen=True)
 class RunSummary:
     campaign: str
+    shard: str | None  # "shard-0-of-4" for a sharded run
     rows: int
     counts: dict[str, int]
     top_errors: list[tuple[str, int]]
@@ -182,6 +191,35 @@ def state_path(spec: CampaignSpec) -> Path:
     return spec.output.state or state_path_for(spec.output.results, spec.name)
 
 
+def shard_spec(spec: CampaignSpec, shard: Shard) -> CampaignSpec:
+    """The spec a shard runs with: its own results file and state, and 1/N of the campaign's rate (the API's limit
+    is per account, so `send.rate` is the total for all shards)."""
+    state = state_path(spec)
+    check_shard_layout(state, spec.name, shard)
+    rate = spec.send.rate_per_s
+    send = spec.send if rate is None else spec.send.model_copy(update={"rate": f"{rate / shard.count:.6f}/s"})
+    output = spec.output.model_copy(update={"results": shard.path(spec.output.results), "state": shard.path(state)})
+    return spec.model_copy(update={"output": output, "send": send})
+
+
+def check_shard_layout(state: Path, campaign: str, shard: Shard | None) -> None:
+    """Refuse to run with a different shard count than earlier runs of the campaign: rows would move to shards whose
+    state does not know them, and be sent again."""
+    found: set[int] = set()
+    if state.exists():
+        found.add(1)
+    for other in state.parent.glob(f"{state.stem}.shard-*-of-*{state.suffix}"):
+        found.add(int(other.stem.rsplit("-of-", 1)[1]))
+    count = shard.count if shard is not None else 1
+    if found - {count}:
+        earlier = ", ".join("no shards" if n == 1 else f"{n} shards" for n in sorted(found))
+        raise UsageError(
+            f"campaign {campaign!r} was run before with {earlier} (state in {state.parent}); running it now with "
+            f"{'no shards' if count == 1 else f'{count} shards'} would send rows again. Hint: keep the shard count, "
+            "or give the campaign a new name."
+        )
+
+
 def run_campaign(
     spec: CampaignSpec, options: RunOptions | None = None, *, progress: ProgressSink | None = None
 ) -> RunSummary:
@@ -189,7 +227,9 @@ def run_campaign(
     file, and summarise. A dry run does everything but send, and touches neither the state nor the results file."""
     options = options or RunOptions()
     started = time.monotonic()
-    prepared = prepare_campaign(spec)
+    if options.shard is not None:
+        spec = shard_spec(spec, options.shard)
+    prepared = prepare_campaign(spec, options.shard)
     if options.dry_run:
         path = dry_run_path(spec.output.results)
         results.check_writable(path)
@@ -198,6 +238,8 @@ def run_campaign(
         return _summarise(spec, table, _Tally(None), RunControl(), options, path, None, (0, 0), 0.0, started)
 
     results.check_writable(spec.output.results)
+    if options.shard is None:
+        check_shard_layout(state_path(spec), spec.name, None)
     with StateStore(state_path(spec), spec.name) as store:
         recovered = store.recover_in_flight(resend=spec.send.retry_ambiguous)
         to_send, skipped = _select(prepared, store.outcomes(), options)
@@ -219,6 +261,8 @@ def run_campaign(
     results.write_results(
         results.assemble_results(prepared.frame, table), spec.output.results, after_sending=tally.attempted > 0
     )
+    if options.shard is not None:
+        write_shard_manifest(spec.output.results, spec.name, options.shard, rows=table.height)
     return _summarise(
         spec,
         table,
@@ -444,6 +488,7 @@ def _summarise(
     signal_name = signal.Signals(control.interrupt_signal).name if control.interrupt_signal is not None else None
     return RunSummary(
         campaign=spec.name,
+        shard=options.shard.label if options.shard is not None else None,
         rows=table.height,
         counts=counts,
         top_errors=[(str(e), int(n)) for e, n in errors.iter_rows()],

@@ -24,9 +24,11 @@ from pipeline.campaign import (
     validate_campaign,
     write_validation_results,
 )
+from pipeline.merge import merge_shards
 from pipeline.progress import BarProgress, LogProgress, format_summary
 from pipeline.sandbox import serve_forever
-from pipeline.spec import CampaignSpec, load_spec
+from pipeline.shard import Shard
+from pipeline.spec import CampaignSpec, load_spec, parse_rate
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -91,6 +93,15 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--limit", type=_positive_int, metavar="N", help="send at most N rows (a smoke test)")
     run.add_argument("--quiet", action="store_true", help="no progress bar; a progress line every few seconds")
     run.add_argument("--summary-json", metavar="FILE", help="also write the run summary as JSON to FILE")
+    run.add_argument(
+        "--shard",
+        type=_shard,
+        metavar="I/N",
+        help="send only shard I of N (0-based); each shard has its own results file and state, and 1/N of send.rate",
+    )
+    run.add_argument(
+        "--rate", metavar="RATE", help="override send.rate for this run, e.g. 50/s (with --shard: this shard's)"
+    )
     run.set_defaults(handler=_run)
 
     retry = commands.add_parser(
@@ -117,7 +128,16 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     retry.add_argument("--quiet", action="store_true", help="no progress bar; a progress line every few seconds")
     retry.add_argument("--summary-json", metavar="FILE", help="also write the summary as JSON to FILE")
-    retry.set_defaults(handler=_retry, dry_run=False, limit=None)
+    retry.add_argument("--shard", type=_shard, metavar="I/N", help="retry within shard I of N")
+    retry.set_defaults(handler=_retry, dry_run=False, limit=None, rate=None)
+
+    merge = commands.add_parser(
+        "merge",
+        help="combine the results of a sharded run into one results file",
+        description="Check that every shard of the campaign has results, then write output.results in input order.",
+    )
+    merge.add_argument("spec", help="path to the YAML job spec")
+    merge.set_defaults(handler=_merge)
 
     sandbox = commands.add_parser(
         "sandbox",
@@ -131,6 +151,13 @@ def _build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--empty-success", action="store_true", help="answer 204 with no body (like v2)")
     sandbox.set_defaults(handler=_sandbox)
     return parser
+
+
+def _shard(text: str) -> Shard:
+    try:
+        return Shard.parse(text)
+    except errors.UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix(f"--shard {text!r}: ")) from None
 
 
 def _positive_int(text: str) -> int:
@@ -183,7 +210,14 @@ def _run(args: argparse.Namespace, retry: RetrySelection | None = None) -> int:
     progress: ProgressSink = (
         BarProgress(sys.stderr) if sys.stderr.isatty() and not args.quiet else LogProgress(sys.stderr)
     )
-    options = RunOptions(dry_run=args.dry_run, limit=args.limit, retry=retry)
+    if args.rate is not None:
+        try:
+            parse_rate(args.rate)
+        except ValueError as exc:
+            raise errors.UsageError(f"--rate: {exc}") from None
+        # applied after sharding divides send.rate, so --rate is this process's own rate
+        spec = spec.model_copy(update={"send": spec.send.model_copy(update={"rate": args.rate})})
+    options = RunOptions(dry_run=args.dry_run, limit=args.limit, retry=retry, shard=args.shard)
     summary = run_campaign(spec, options, progress=progress)
     print(format_summary(summary))
     if args.summary_json:
@@ -246,6 +280,16 @@ def _write_json(path: Path, summary: RunSummary) -> None:
         raise errors.OutputError(
             f"{path}: cannot write the summary: {exc.strerror or exc}", after_sending=True
         ) from None
+
+
+def _merge(args: argparse.Namespace) -> int:
+    summary = merge_shards(_load(args.spec))
+    print(f"Merged {summary.shards} shard(s) of campaign {summary.campaign}: {summary.rows} row(s)")
+    for status, n in summary.counts.items():
+        print(f"  {status:<13}  {n}")
+    print(f"Results: {summary.results_path}")
+    not_sent = sum(n for status, n in summary.counts.items() if status not in ("sent", "duplicate"))
+    return errors.EXIT_ROWS_NOT_SENT if not_sent else errors.EXIT_OK
 
 
 def _sandbox(args: argparse.Namespace) -> int:

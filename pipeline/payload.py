@@ -79,7 +79,8 @@ def encode_payloads(fields: pl.DataFrame, message: MessageSpec, *, campaign: str
         with_hook = with_hook.struct.json_encode()
         encoded = pl.when(pl.col(WEBHOOK).is_null()).then(plain).otherwise(with_hook)
     out = fields.select(pl.col(ROW), encoded.alias(BODY))
-    return out.with_columns(idempotency_keys(fields[CONTENT], campaign=campaign).alias(KEY))
+    keys = fields[KEY] if KEY in fields.columns else idempotency_keys(fields[CONTENT], campaign=campaign)
+    return out.with_columns(keys.alias(KEY))
 
 
 def idempotency_keys(content: pl.Series, *, campaign: str) -> pl.Series:

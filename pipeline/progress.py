@@ -81,7 +81,8 @@ class LogProgress:
 
 def format_summary(summary: RunSummary) -> str:
     title = "Dry run" if summary.dry_run else "Run"
-    lines = [f"{title} of campaign {summary.campaign}: {summary.rows} row(s)"]
+    where = f" ({summary.shard})" if summary.shard else ""
+    lines = [f"{title} of campaign {summary.campaign}{where}: {summary.rows} row(s)"]
     if summary.skipped:
         lines.append(
             f"Resumed: {summary.skipped} row(s) already had an outcome from an earlier run and were not sent again"

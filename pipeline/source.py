@@ -107,12 +107,17 @@ def _read_csv(path: Path, separator: str, encoding: str) -> pl.DataFrame:
             raise InputError(problem)
     frame = frame.drop([c for c in RESULT_COLUMNS if c in frame.columns])
     if "result_status" in header:
-        # a results file of ours: undo the spreadsheet escaping so values round-trip exactly
-        frame = frame.with_columns(
-            pl.when(pl.col(c).str.contains(_ESCAPED_CELL)).then(pl.col(c).str.slice(1)).otherwise(pl.col(c)).alias(c)
-            for c in frame.columns
-        )
+        frame = unescape_formulas(frame)
     return frame
+
+
+def unescape_formulas(frame: pl.DataFrame) -> pl.DataFrame:
+    """Undo the spreadsheet escaping of a results CSV (see results.py), so values round-trip exactly."""
+    text = [name for name, dtype in frame.schema.items() if dtype == pl.String]
+    return frame.with_columns(
+        pl.when(pl.col(c).str.contains(_ESCAPED_CELL)).then(pl.col(c).str.slice(1)).otherwise(pl.col(c)).alias(c)
+        for c in text
+    )
 
 
 def _open_text(path: Path, data: Path | bytes) -> io.TextIOBase:
