@@ -132,6 +132,7 @@ class RunOptions:
     limit: int | None = None
     retry: RetrySelection | None = None  # None: a normal run, which sends only rows with no outcome yet
     shard: Shard | None = None  # only this shard's rows, with its own results file and state
+    rate: str | None = None  # overrides send.rate for this process (after a shard took its share)
     transport: httpx.AsyncBaseTransport | None = None  # tests inject one; None = a real network client
     progress_interval_s: float = 0.2
     handle_signals: bool = True
@@ -229,6 +230,8 @@ def run_campaign(
     started = time.monotonic()
     if options.shard is not None:
         spec = shard_spec(spec, options.shard)
+    if options.rate is not None:
+        spec = spec.model_copy(update={"send": spec.send.model_copy(update={"rate": options.rate})})
     prepared = prepare_campaign(spec, options.shard)
     if options.dry_run:
         path = dry_run_path(spec.output.results)

@@ -10,6 +10,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import TextIO
 
@@ -25,7 +26,7 @@ from pipeline.campaign import (
     write_validation_results,
 )
 from pipeline.merge import merge_shards
-from pipeline.progress import BarProgress, LogProgress, format_summary
+from pipeline.progress import BarProgress, JsonProgress, LogProgress, emit_json, format_summary
 from pipeline.sandbox import serve_forever
 from pipeline.shard import Shard
 from pipeline.spec import CampaignSpec, load_spec, parse_rate
@@ -41,29 +42,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse reports usage errors itself and exits 2; --help/--version exit 0
         return int(exc.code) if isinstance(exc.code, int) else errors.EXIT_USAGE
     handler: Handler = args.handler
+    as_json = getattr(args, "log_format", "text") == "json"
     try:
         return handler(args)
     except errors.PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _report("error", str(exc), exc.exit_code, as_json=as_json)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        _report("error", "interrupted", errors.EXIT_SIGINT, as_json=as_json)
         return errors.EXIT_SIGINT
     except BrokenPipeError:
         # the reader of our output went away (`| head`); say nothing more, and do not fail on the final flush
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return errors.EXIT_ROWS_NOT_SENT
     except Exception as exc:  # noqa: BLE001 - the last line of defence: a bug must not look like a result
-        print(
-            f"internal error: {type(exc).__name__}: {exc}\n"
+        message = (
+            f"{type(exc).__name__}: {exc}\n"
             "This is a bug in sentdm-batch, not in your spec or data. Please report it to the sentdm-batch "
             "maintainers with the command you ran and this message (leave out any secrets). "
-            "Set SENTDM_BATCH_DEBUG=1 to see the traceback.",
-            file=sys.stderr,
+            "Set SENTDM_BATCH_DEBUG=1 to see the traceback."
         )
+        _report("internal error", message, errors.EXIT_INTERNAL, as_json=as_json)
         if os.environ.get("SENTDM_BATCH_DEBUG"):
             traceback.print_exc()
         return errors.EXIT_INTERNAL
+
+
+def _report(kind: str, message: str, exit_code: int, *, as_json: bool) -> None:
+    if as_json:
+        emit_json(sys.stderr, kind.replace(" ", "_"), message=message, exit_code=exit_code)
+    else:
+        print(f"{kind}: {message}", file=sys.stderr)
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -73,9 +82,17 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"sentdm-batch {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    logs = argparse.ArgumentParser(add_help=False)
+    logs.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="json: one JSON object per line (start, progress, summary, errors) for log collectors",
+    )
 
     check = commands.add_parser(
         "validate",
+        parents=[logs],
         help="read and validate every row and build every payload; send nothing",
         description="Read the spec and the input, validate every row, build every payload. Makes no network call.",
     )
@@ -85,6 +102,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser(
         "run",
+        parents=[logs],
         help="send the campaign and write the results file",
         description="Validate, send every valid row, and write one results row per input row.",
     )
@@ -106,6 +124,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     retry = commands.add_parser(
         "retry",
+        parents=[logs],
         help="send again the rows whose last outcome was a transient failure",
         description="Resend the campaign's rows whose last outcome was `failed` for a transient reason (429, 503, "
         "408, connection failures), then rewrite the results file. Rows the server acknowledged are never resent.",
@@ -133,6 +152,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     merge = commands.add_parser(
         "merge",
+        parents=[logs],
         help="combine the results of a sharded run into one results file",
         description="Check that every shard of the campaign has results, then write output.results in input order.",
     )
@@ -170,17 +190,23 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _load(path: str) -> CampaignSpec:
+def _load(path: str, *, as_json: bool = False) -> CampaignSpec:
     spec, warnings = load_spec(path)
     for warning in warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+        if as_json:
+            emit_json(sys.stderr, "warning", message=warning)
+        else:
+            print(f"warning: {warning}", file=sys.stderr)
     return spec
 
 
 def _validate(args: argparse.Namespace) -> int:
-    spec = _load(args.spec)
+    spec = _load(args.spec, as_json=args.log_format == "json")
     report, prepared = validate_campaign(spec)
-    _print_validation(spec, report, sys.stdout)
+    if args.log_format == "json":
+        emit_json(sys.stdout, "validation", campaign=spec.name, input=str(spec.input.path), **asdict(report))
+    else:
+        _print_validation(spec, report, sys.stdout)
     if args.output:
         write_validation_results(prepared, Path(args.output))
         print(f"Per-row outcome written to {args.output}")
@@ -206,20 +232,25 @@ def _print_validation(spec: CampaignSpec, report: ValidationReport, out: TextIO)
 
 
 def _run(args: argparse.Namespace, retry: RetrySelection | None = None) -> int:
-    spec = _load(args.spec)
-    progress: ProgressSink = (
-        BarProgress(sys.stderr) if sys.stderr.isatty() and not args.quiet else LogProgress(sys.stderr)
-    )
+    spec = _load(args.spec, as_json=args.log_format == "json")
+    progress: ProgressSink
+    if args.log_format == "json":
+        progress = JsonProgress(sys.stderr)
+    elif sys.stderr.isatty() and not args.quiet:
+        progress = BarProgress(sys.stderr)
+    else:
+        progress = LogProgress(sys.stderr)
     if args.rate is not None:
         try:
             parse_rate(args.rate)
         except ValueError as exc:
             raise errors.UsageError(f"--rate: {exc}") from None
-        # applied after sharding divides send.rate, so --rate is this process's own rate
-        spec = spec.model_copy(update={"send": spec.send.model_copy(update={"rate": args.rate})})
-    options = RunOptions(dry_run=args.dry_run, limit=args.limit, retry=retry, shard=args.shard)
+    options = RunOptions(dry_run=args.dry_run, limit=args.limit, retry=retry, shard=args.shard, rate=args.rate)
     summary = run_campaign(spec, options, progress=progress)
-    print(format_summary(summary))
+    if args.log_format == "json":
+        emit_json(sys.stdout, "summary", **summary.to_json())
+    else:
+        print(format_summary(summary))
     if args.summary_json:
         _write_json(Path(args.summary_json), summary)
     return _run_exit_code(summary)
@@ -237,10 +268,11 @@ def _retry(args: argparse.Namespace) -> int:
             "`unknown` rows may already have been delivered; add --include-unknown to resend them anyway"
         )
     if "unknown" in statuses:
-        print(
-            "warning: resending `unknown` rows: each may already have reached its recipient, who may get it twice.",
-            file=sys.stderr,
-        )
+        warning = "resending `unknown` rows: each may already have reached its recipient, who may get it twice."
+        if args.log_format == "json":
+            emit_json(sys.stderr, "warning", message=warning)
+        else:
+            print(f"warning: {warning}", file=sys.stderr)
     rows = _parse_rows(args.rows) if args.rows else None
     return _run(args, RetrySelection(statuses=statuses, include_permanent=args.include_permanent, rows=rows))
 
@@ -283,11 +315,14 @@ def _write_json(path: Path, summary: RunSummary) -> None:
 
 
 def _merge(args: argparse.Namespace) -> int:
-    summary = merge_shards(_load(args.spec))
-    print(f"Merged {summary.shards} shard(s) of campaign {summary.campaign}: {summary.rows} row(s)")
-    for status, n in summary.counts.items():
-        print(f"  {status:<13}  {n}")
-    print(f"Results: {summary.results_path}")
+    summary = merge_shards(_load(args.spec, as_json=args.log_format == "json"))
+    if args.log_format == "json":
+        emit_json(sys.stdout, "merge", **asdict(summary))
+    else:
+        print(f"Merged {summary.shards} shard(s) of campaign {summary.campaign}: {summary.rows} row(s)")
+        for status, n in summary.counts.items():
+            print(f"  {status:<13}  {n}")
+        print(f"Results: {summary.results_path}")
     not_sent = sum(n for status, n in summary.counts.items() if status not in ("sent", "duplicate"))
     return errors.EXIT_ROWS_NOT_SENT if not_sent else errors.EXIT_OK
 

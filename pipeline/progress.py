@@ -4,8 +4,10 @@ seconds otherwise (so cron and Airflow logs show the run is alive), and the end-
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from tqdm import tqdm
@@ -77,6 +79,43 @@ class LogProgress:
         rate = done / (now - self._started) if now > self._started else 0.0
         parts = ", ".join(f"{k} {v}" for k, v in counts.items())
         print(f"progress: {done}/{self._total} ({rate:.0f}/s): {parts}", file=self._stream, flush=True)
+
+
+def emit_json(stream: TextIO, event: str, **fields: Any) -> None:
+    """One JSON object on one line: `{"time": ..., "event": ..., ...fields}`."""
+    record = {"time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"), "event": event}
+    record.update(fields)
+    print(json.dumps(record, ensure_ascii=False, default=str), file=stream, flush=True)
+
+
+class JsonProgress:
+    """`--log-format json`: start, progress every `every_s` seconds, and notices, as JSON lines."""
+
+    def __init__(self, stream: TextIO, *, every_s: float = 5.0) -> None:
+        self._stream = stream
+        self._every_s = every_s
+        self._total = 0
+        self._started = 0.0
+        self._last = 0.0
+
+    def start(self, total: int) -> None:
+        self._total = total
+        self._started = self._last = time.monotonic()
+        emit_json(self._stream, "start", rows_to_send=total)
+
+    def update(self, counts: Mapping[str, int]) -> None:
+        now = time.monotonic()
+        if now - self._last >= self._every_s:
+            self._last = now
+            done = _done(counts)
+            rate = done / (now - self._started) if now > self._started else 0.0
+            emit_json(self._stream, "progress", done=done, total=self._total, per_s=round(rate, 1), counts=dict(counts))
+
+    def notice(self, message: str) -> None:
+        emit_json(self._stream, "notice", message=message)
+
+    def finish(self) -> None:
+        return
 
 
 def format_summary(summary: RunSummary) -> str:

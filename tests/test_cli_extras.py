@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import io
+import json
 import os
 import pty
 import re
@@ -134,3 +135,23 @@ def test_sandbox_options_are_checked(cli: Cli) -> None:
     code, _, err = cli("sandbox", "--failure-rate", "2")
     assert code == 2
     assert err.startswith("error: sandbox: failure_rate")
+
+
+def test_json_logs_are_one_object_per_line(cli: Cli, tmp_path: Path) -> None:
+    text = Path("configs/campaign.yaml").read_text().replace("../sample_data", str(ROOT / "sample_data"))
+    spec = tmp_path / "campaign.yaml"
+    spec.write_text(text.replace("../out/", "out/"))
+    code, out, err = cli("run", spec, "--log-format", "json")
+    assert code == 1
+    events = [json.loads(line) for line in (err + out).splitlines()]  # progress on stderr, summary on stdout
+    assert [e["event"] for e in events] == ["start", "summary"]
+    assert events[0]["rows_to_send"] == 45
+    assert events[1]["counts"]["sent"] == 45
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT[\d:.]+Z", e["time"]) for e in events)
+
+    code, out, err = cli("run", tmp_path / "missing.yaml", "--log-format", "json")
+    assert (code, out) == (2, "")
+    error = json.loads(err)
+    assert error["event"] == "error"
+    assert error["exit_code"] == 2
+    assert "job spec not found" in error["message"]
