@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import random
 import signal
 import threading
 import time
 from array import array
-from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -66,43 +68,91 @@ class ValidationReport:
     example_payload: dict[str, Any] | None
 
 
-def prepare_campaign(spec: CampaignSpec, shard: Shard | None = None) -> PreparedCampaign:
-    """Read and validate the input (only the rows of `shard`, if given) and build every payload.
-    Raises InputError for an unusable file."""
-    frame = source.read_contacts(spec.input, spec.input_format, required=spec.message.columns())
-    fields = payload.message_fields(frame, spec.message)
-    if shard is not None:
+@dataclass(frozen=True)
+class PreparedBatch:
+    """One batch of input rows, checked, with the payloads of the rows to send."""
+
+    frame: pl.DataFrame  # the input rows as read, with `result_row`
+    checked: pl.DataFrame  # result_row, idempotency_key, result_status (invalid/duplicate/null), result_error
+    payloads: pl.DataFrame  # result_row, payload (JSON text), idempotency_key - rows to send, in input order
+
+
+def prepared_batches(spec: CampaignSpec, shard: Shard | None = None) -> Iterator[PreparedBatch]:
+    """Read, validate and build payloads batch by batch (only the rows of `shard`, if given). Duplicates are found
+    across the whole input. Raises InputError for an unusable file."""
+    contacts = source.open_contacts(spec.input, spec.input_format, required=spec.message.columns())
+    seen = validate.SeenKeys()
+    for frame in contacts.batches():
+        fields = payload.message_fields(frame, spec.message)
         fields = fields.with_columns(payload.idempotency_keys(fields[payload.CONTENT], campaign=spec.name))
-        mine = fields.select(shard.selects(pl.col(payload.KEY))).to_series()
-        frame, fields = frame.filter(mine), fields.filter(mine)
-    checked = validate.check_rows(fields, spec.message)
-    to_send = checked.filter(pl.col(validate.STATUS).is_null())
-    payloads = payload.encode_payloads(to_send, spec.message, campaign=spec.name)
-    return PreparedCampaign(spec=spec, frame=frame, checked=checked, payloads=payloads)
+        if shard is not None:
+            mine = fields.select(shard.selects(pl.col(payload.KEY))).to_series()
+            frame, fields = frame.filter(mine), fields.filter(mine)
+        checked = seen.mark_duplicates(validate.check_rows(fields, spec.message))
+        to_send = checked.filter(pl.col(validate.STATUS).is_null())
+        yield PreparedBatch(
+            frame=frame,
+            checked=checked.select(payload.ROW, payload.KEY, validate.STATUS, validate.ERROR),
+            payloads=payload.encode_payloads(to_send, spec.message, campaign=spec.name),
+        )
 
 
-def validate_campaign(spec: CampaignSpec) -> tuple[ValidationReport, PreparedCampaign]:
-    prepared = prepare_campaign(spec)
-    reasons = [
-        ReasonCount(reason=r["reason"], rows=r["rows"], example_rows=list(r["example_rows"]))
-        for r in validate.reason_counts(prepared.checked).iter_rows(named=True)
-    ]
-    example = json.loads(prepared.payloads[payload.BODY][0]) if prepared.payloads.height else None
-    report = ValidationReport(
-        rows=prepared.rows,
-        valid=prepared.payloads.height,
-        invalid=prepared.count(validate.INVALID),
-        duplicates=prepared.count(validate.DUPLICATE),
-        reasons=reasons,
-        example_payload=example,
+def prepare_campaign(spec: CampaignSpec, shard: Shard | None = None) -> PreparedCampaign:
+    """The whole input prepared in memory at once: for tests and small tools; campaigns stream batches."""
+    batches = list(prepared_batches(spec, shard))
+    return PreparedCampaign(
+        spec=spec,
+        frame=pl.concat([b.frame for b in batches]),
+        checked=pl.concat([b.checked for b in batches]),
+        payloads=pl.concat([b.payloads for b in batches]),
     )
-    return report, prepared
 
 
-def write_validation_results(prepared: PreparedCampaign, path: Path) -> None:
-    """Each row's validation outcome in the results format: rows that would be sent are `not_attempted`."""
-    table = _final_outcomes(prepared, _empty_outcomes(), None)
-    results.write_results(results.assemble_results(prepared.frame, table), path)
+class _ReasonTally:
+    """Invalid-row reasons over all batches: counts and the first few example rows of each."""
+
+    def __init__(self, examples: int = 5) -> None:
+        self.examples = examples
+        self.rows: dict[str, int] = {}
+        self.example_rows: dict[str, list[int]] = {}
+
+    def add(self, checked: pl.DataFrame) -> None:
+        for reason, rows, example_rows in validate.reason_counts(checked, examples=self.examples).iter_rows():
+            self.rows[reason] = self.rows.get(reason, 0) + rows
+            kept = self.example_rows.setdefault(reason, [])
+            kept.extend(example_rows[: self.examples - len(kept)])
+
+    def report(self) -> list[ReasonCount]:
+        ordered = sorted(self.rows.items(), key=lambda item: (-item[1], item[0]))
+        return [ReasonCount(reason, n, self.example_rows[reason]) for reason, n in ordered]
+
+
+def validate_campaign(spec: CampaignSpec, *, output: Path | None = None) -> ValidationReport:
+    """Check every row and build every payload, sending nothing; with `output`, write each row's outcome in the
+    results format (rows that would be sent are `not_attempted`)."""
+    writer = results.ResultsWriter(output) if output is not None else None
+    rows = valid = invalid = duplicates = 0
+    reasons = _ReasonTally()
+    example: dict[str, Any] | None = None
+    try:
+        for batch in prepared_batches(spec):
+            rows += batch.frame.height
+            valid += batch.payloads.height
+            statuses = batch.checked[validate.STATUS]
+            invalid += int((statuses == validate.INVALID).sum())
+            duplicates += int((statuses == validate.DUPLICATE).sum())
+            reasons.add(batch.checked)
+            if example is None and batch.payloads.height:
+                example = json.loads(batch.payloads[payload.BODY][0])
+            if writer is not None:
+                writer.write(results.assemble_results(batch.frame, _final_outcomes(batch, _empty_outcomes(), None)))
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    if writer is not None:
+        writer.close()
+    return ValidationReport(rows, valid, invalid, duplicates, reasons.report(), example)
 
 
 # --- run ---------------------------------------------------------------------------------------------------------
@@ -111,7 +161,7 @@ def write_validation_results(prepared: PreparedCampaign, path: Path) -> None:
 class ProgressSink(Protocol):
     """Where a run reports progress; the CLI supplies a bar or periodic log lines."""
 
-    def start(self, total: int) -> None: ...
+    def start(self, total: int | None) -> None: ...
     def update(self, counts: Mapping[str, int]) -> None: ...
     def notice(self, message: str) -> None: ...
     def finish(self) -> None: ...
@@ -165,22 +215,34 @@ class RunSummary:
 
 
 class _Tally:
-    """Live counts and latencies of this run's outcomes, for progress and the summary."""
+    """Live counts of this run, for progress and the summary, and a bounded sample of latencies for percentiles."""
+
+    _SAMPLE = 100_000
 
     def __init__(self, progress: ProgressSink | None) -> None:
-        self.counts: dict[str, int] = {SENT: 0, FAILED: 0, UNKNOWN: 0}
+        self.counts: dict[str, int] = {SENT: 0, FAILED: 0, UNKNOWN: 0, "not sent now": 0}
         self.latencies_ms = array("d")
+        self.attempted = 0
+        self.skipped = 0
         self.progress = progress
         self.slowdowns = 0
         self.pauses = 0
+        self._rng = random.Random(0)
 
     def add(self, outcome: SendOutcome) -> None:
         self.counts[outcome.status] += 1
-        self.latencies_ms.append(outcome.latency_ms)
+        self.attempted += 1
+        # reservoir sampling: every latency has the same chance to be kept, in constant memory
+        if len(self.latencies_ms) < self._SAMPLE:
+            self.latencies_ms.append(outcome.latency_ms)
+        else:
+            slot = self._rng.randrange(self.attempted)
+            if slot < self._SAMPLE:
+                self.latencies_ms[slot] = outcome.latency_ms
 
-    @property
-    def attempted(self) -> int:
-        return len(self.latencies_ms)
+    def passed(self, rows: int) -> None:
+        """Rows read but not sent now (invalid, duplicate, already done): they count towards progress."""
+        self.counts["not sent now"] += rows
 
 
 def dry_run_path(path: Path) -> Path:
@@ -225,64 +287,126 @@ def run_campaign(
     spec: CampaignSpec, options: RunOptions | None = None, *, progress: ProgressSink | None = None
 ) -> RunSummary:
     """Validate, send every row that has no outcome yet (or the rows `options.retry` selects), write the results
-    file, and summarise. A dry run does everything but send, and touches neither the state nor the results file."""
+    file, and summarise. A dry run does everything but send, and touches neither the state nor the results file.
+
+    Two passes over the input, batch by batch, keep memory flat: the first validates and sends while it reads (so
+    the first request goes out after the first batch, whatever the file's size); the second rebuilds every row's
+    outcome from the state and writes the results file."""
     options = options or RunOptions()
     started = time.monotonic()
     if options.shard is not None:
         spec = shard_spec(spec, options.shard)
     if options.rate is not None:
         spec = spec.model_copy(update={"send": spec.send.model_copy(update={"rate": options.rate})})
-    prepared = prepare_campaign(spec, options.shard)
     if options.dry_run:
         path = dry_run_path(spec.output.results)
         results.check_writable(path)
-        table = _final_outcomes(prepared, _empty_outcomes(), "dry run: not sent")
-        results.write_results(results.assemble_results(prepared.frame, table), path)
-        return _summarise(spec, table, _Tally(None), RunControl(), options, path, None, (0, 0), 0.0, started)
+        totals = _write_results(spec, options, path, None, "dry run: not sent", after_sending=False)
+        return _summarise(spec, totals, _Tally(None), RunControl(), options, path, None, (0, 0), 0.0, started)
 
+    # fail on a bad input before anything is sent (the first batch is read again when sending starts)
+    source.open_contacts(spec.input, spec.input_format, required=spec.message.columns())
     results.check_writable(spec.output.results)
     if options.shard is None:
         check_shard_layout(state_path(spec), spec.name, None)
     with StateStore(state_path(spec), spec.name) as store:
         recovered = store.recover_in_flight(resend=spec.send.retry_ambiguous)
-        to_send, skipped = _select(prepared, store.outcomes(), options)
         tally = _Tally(progress)
         control = RunControl()
+        jobs = _jobs(spec, options, store, tally)
         send_started = time.monotonic()
-        if to_send.height:
-            _send(spec, to_send, store, tally, control, options)
+        _send(spec, jobs, store, tally, control, options)
         send_wall_s = time.monotonic() - send_started
-        recorded = store.outcomes()
-    reason = (
-        f"not sent: run aborted: {control.abort_reason}"
-        if control.abort_reason
-        else "not sent: run interrupted"
-        if control.interrupt_signal is not None
-        else f"not sent: beyond --limit {options.limit}"
-    )
-    table = _final_outcomes(prepared, recorded, reason)
-    results.write_results(
-        results.assemble_results(prepared.frame, table), spec.output.results, after_sending=tally.attempted > 0
-    )
+        reason = (
+            f"not sent: run aborted: {control.abort_reason}"
+            if control.abort_reason
+            else "not sent: run interrupted"
+            if control.interrupt_signal is not None
+            else f"not sent: beyond --limit {options.limit}"
+        )
+        totals = _write_results(spec, options, spec.output.results, store, reason, after_sending=tally.attempted > 0)
     if options.shard is not None:
-        write_shard_manifest(spec.output.results, spec.name, options.shard, rows=table.height)
+        write_shard_manifest(spec.output.results, spec.name, options.shard, rows=totals.rows)
     return _summarise(
         spec,
-        table,
+        totals,
         tally,
         control,
         options,
         spec.output.results,
         state_path(spec),
-        (skipped, recovered),
+        (tally.skipped, recovered),
         send_wall_s,
         started,
     )
 
 
-def _select(prepared: PreparedCampaign, recorded: pl.DataFrame, options: RunOptions) -> tuple[pl.DataFrame, int]:
+def _jobs(spec: CampaignSpec, options: RunOptions, store: StateStore, tally: _Tally) -> Iterator[SendJob]:
+    """The rows to send, read batch by batch as the workers take them: rows without an outcome yet (or, for
+    `retry`, the rows it selects), at most `options.limit` of them."""
+    left = options.limit
+    for batch in prepared_batches(spec, options.shard):
+        recorded = store.lookup(batch.payloads[payload.KEY].to_list())
+        chosen, skipped = _select(batch.payloads, recorded, options)
+        tally.skipped += skipped
+        tally.passed(batch.frame.height - chosen.height)
+        if left is not None:
+            chosen = chosen.head(left)
+            left -= chosen.height
+        for row, body, key in chosen.select(payload.ROW, payload.BODY, payload.KEY).iter_rows():
+            yield SendJob(row=row, key=key, body=body.encode())
+        if left == 0:
+            return
+
+
+@dataclass
+class _Totals:
+    """What the results pass counted: rows, statuses, top errors."""
+
+    rows: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    errors: Counter[str] = field(default_factory=Counter)
+
+    def add(self, table: pl.DataFrame) -> None:
+        self.rows += table.height
+        for status, n in table.group_by("result_status").len().iter_rows():
+            self.counts[status] = self.counts.get(status, 0) + n
+        problems = table.filter(pl.col("result_status").is_in([FAILED, UNKNOWN]))
+        for error, n in problems.group_by("result_error").len().iter_rows():
+            if len(self.errors) < _MAX_DISTINCT_ERRORS or error in self.errors:
+                self.errors[str(error)] += n
+
+
+_MAX_DISTINCT_ERRORS = 10_000
+
+
+def _write_results(
+    spec: CampaignSpec,
+    options: RunOptions,
+    path: Path,
+    store: StateStore | None,
+    not_sent_reason: str,
+    *,
+    after_sending: bool,
+) -> _Totals:
+    totals = _Totals()
+    writer = results.ResultsWriter(path, after_sending=after_sending)
+    try:
+        for batch in prepared_batches(spec, options.shard):
+            recorded = store.lookup(batch.checked[payload.KEY].to_list()) if store is not None else _empty_outcomes()
+            table = _final_outcomes(batch, recorded, not_sent_reason)
+            totals.add(table)
+            writer.write(results.assemble_results(batch.frame, table))
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close()
+    return totals
+
+
+def _select(payloads: pl.DataFrame, recorded: pl.DataFrame, options: RunOptions) -> tuple[pl.DataFrame, int]:
     """The payload rows to send now, and how many rows were left alone because they already have an outcome."""
-    payloads = prepared.payloads.join(
+    joined = payloads.join(
         recorded.select(payload.KEY, "result_status", "result_verdict"),
         on=payload.KEY,
         how="left",
@@ -299,10 +423,8 @@ def _select(prepared: PreparedCampaign, recorded: pl.DataFrame, options: RunOpti
             wanted = wanted & ~((pl.col("result_status") == FAILED) & refused)
         if selection.rows is not None:
             wanted = wanted & pl.col(payload.ROW).is_in(list(selection.rows))
-    chosen = payloads.filter(wanted)
-    skipped = payloads.filter(~fresh).height if options.retry is None else 0
-    if options.limit is not None:
-        chosen = chosen.head(options.limit)
+    chosen = joined.filter(wanted)
+    skipped = joined.filter(~fresh).height if options.retry is None else 0
     return chosen.select(payload.ROW, payload.BODY, payload.KEY), skipped
 
 
@@ -310,16 +432,16 @@ def _empty_outcomes() -> pl.DataFrame:
     return pl.DataFrame(schema=OUTCOME_COLUMNS)
 
 
-def _final_outcomes(prepared: PreparedCampaign, recorded: pl.DataFrame, not_sent_reason: str | None) -> pl.DataFrame:
-    """Every input row's outcome: validation's verdict, the recorded delivery outcome, or not_attempted."""
-    checked = prepared.checked.select(
-        pl.col(payload.ROW), pl.col(validate.STATUS).alias("check_status"), pl.col(validate.ERROR).alias("check_error")
+def _final_outcomes(batch: PreparedBatch, recorded: pl.DataFrame, not_sent_reason: str | None) -> pl.DataFrame:
+    """Every row's outcome: validation's verdict, the recorded delivery outcome, or not_attempted."""
+    checked = batch.checked.select(
+        pl.col(payload.ROW),
+        pl.col(payload.KEY),
+        pl.col(validate.STATUS).alias("check_status"),
+        pl.col(validate.ERROR).alias("check_error"),
     )
-    keys = prepared.payloads.select(payload.ROW, payload.KEY)
     delivered = recorded.filter(pl.col("result_status").is_in([SENT, FAILED, UNKNOWN]))
-    merged = checked.join(keys, on=payload.ROW, how="left", maintain_order="left").join(
-        delivered, on=payload.KEY, how="left", maintain_order="left"
-    )
+    merged = checked.join(delivered, on=payload.KEY, how="left", maintain_order="left")
     status = pl.coalesce(pl.col("check_status"), pl.col("result_status"), pl.lit(NOT_ATTEMPTED))
     error = (
         pl.when(pl.col("check_status").is_not_null())
@@ -328,16 +450,22 @@ def _final_outcomes(prepared: PreparedCampaign, recorded: pl.DataFrame, not_sent
         .then(pl.col("result_error"))
         .otherwise(pl.lit(not_sent_reason, dtype=pl.String))
     )
+    # a duplicate row carries no delivery outcome of its own: its original's is on the original's row
+    is_duplicate = pl.col("check_status").is_not_null()
     return merged.with_columns(
         status.alias("result_status"),
         error.alias("result_error"),
-        pl.col("result_attempts").fill_null(0),
+        *(
+            pl.when(is_duplicate).then(None).otherwise(pl.col(c)).alias(c)
+            for c in ("result_http_status", "result_message_id", "result_sent_at", "result_latency_ms")
+        ),
+        pl.when(is_duplicate).then(0).otherwise(pl.col("result_attempts").fill_null(0)).alias("result_attempts"),
     ).drop("check_status", "check_error", payload.KEY, "result_verdict")
 
 
 def _send(
     spec: CampaignSpec,
-    to_send: pl.DataFrame,
+    jobs: Iterator[SendJob],
     store: StateStore,
     tally: _Tally,
     control: RunControl,
@@ -365,12 +493,9 @@ def _send(
         rate = send.rate_per_s
         # without an explicit burst, allow about one second's worth (at least one request)
         pacer = Pacer(rate_per_s=rate, burst=send.burst or max(1, int(rate or 1)))
-        jobs = (
-            SendJob(row=row, key=key, body=body.encode())
-            for row, body, key in to_send.select(payload.ROW, payload.BODY, payload.KEY).iter_rows()
-        )
         if tally.progress is not None:
-            tally.progress.start(to_send.height)
+            total = source.open_contacts(spec.input, spec.input_format, required=()).total_rows
+            tally.progress.start(total if options.shard is None else None)
         try:
             anyio.run(_send_async, jobs, config, pacer, store, tally, control, options)
         finally:
@@ -467,7 +592,7 @@ async def _report_progress(tally: _Tally, interval_s: float) -> None:
 
 def _summarise(
     spec: CampaignSpec,
-    table: pl.DataFrame,
+    totals: _Totals,
     tally: _Tally,
     control: RunControl,
     options: RunOptions,
@@ -478,23 +603,16 @@ def _summarise(
     started: float,
 ) -> RunSummary:
     counts = dict.fromkeys((SENT, FAILED, validate.INVALID, validate.DUPLICATE, UNKNOWN, NOT_ATTEMPTED), 0)
-    for status, n in table.group_by("result_status").len().iter_rows():
-        counts[status] = n
-    errors = (
-        table.filter(pl.col("result_status").is_in([FAILED, UNKNOWN]))
-        .group_by("result_error")
-        .len()
-        .sort(["len", "result_error"], descending=[True, False])
-        .head(5)
-    )
+    counts.update(totals.counts)
+    top_errors = sorted(totals.errors.items(), key=lambda item: (-item[1], item[0]))[:5]
     latency = pl.Series(tally.latencies_ms, dtype=pl.Float64)
     signal_name = signal.Signals(control.interrupt_signal).name if control.interrupt_signal is not None else None
     return RunSummary(
         campaign=spec.name,
         shard=options.shard.label if options.shard is not None else None,
-        rows=table.height,
+        rows=totals.rows,
         counts=counts,
-        top_errors=[(str(e), int(n)) for e, n in errors.iter_rows()],
+        top_errors=top_errors,
         attempted=tally.attempted,
         rate_slowdowns=tally.slowdowns,
         server_pauses=tally.pauses,

@@ -23,7 +23,6 @@ from pipeline.campaign import (
     ValidationReport,
     run_campaign,
     validate_campaign,
-    write_validation_results,
 )
 from pipeline.merge import merge_shards
 from pipeline.progress import BarProgress, JsonProgress, LogProgress, emit_json, format_summary
@@ -202,14 +201,14 @@ def _load(path: str, *, as_json: bool = False) -> CampaignSpec:
 
 def _validate(args: argparse.Namespace) -> int:
     spec = _load(args.spec, as_json=args.log_format == "json")
-    report, prepared = validate_campaign(spec)
+    output = Path(args.output).resolve() if args.output else None
+    report = validate_campaign(spec, output=output)
     if args.log_format == "json":
         emit_json(sys.stdout, "validation", campaign=spec.name, input=str(spec.input.path), **asdict(report))
     else:
         _print_validation(spec, report, sys.stdout)
-    if args.output:
-        write_validation_results(prepared, Path(args.output))
-        print(f"Per-row outcome written to {args.output}")
+        if output is not None:
+            print(f"Per-row outcome written to {args.output}")
     return errors.EXIT_ROWS_NOT_SENT if report.invalid else errors.EXIT_OK
 
 

@@ -26,8 +26,8 @@ class BarProgress:
         self._stream = stream
         self._bar: tqdm[Any] | None = None
 
-    def start(self, total: int) -> None:
-        self._bar = tqdm(total=total, file=self._stream, unit="msg", dynamic_ncols=True, smoothing=0.1)
+    def start(self, total: int | None) -> None:
+        self._bar = tqdm(total=total, file=self._stream, unit="row", dynamic_ncols=True, smoothing=0.1)
 
     def update(self, counts: Mapping[str, int]) -> None:
         if self._bar is None:
@@ -53,14 +53,15 @@ class LogProgress:
     def __init__(self, stream: TextIO, *, every_s: float = 5.0) -> None:
         self._stream = stream
         self._every_s = every_s
-        self._total = 0
+        self._total: int | None = None
         self._started = 0.0
         self._last = 0.0
 
-    def start(self, total: int) -> None:
+    def start(self, total: int | None) -> None:
         self._total = total
         self._started = self._last = time.monotonic()
-        print(f"sending {total} message(s)", file=self._stream, flush=True)
+        rows = f"{total} row(s)" if total is not None else "the input"
+        print(f"sending {rows}", file=self._stream, flush=True)
 
     def update(self, counts: Mapping[str, int]) -> None:
         now = time.monotonic()
@@ -78,7 +79,8 @@ class LogProgress:
         done = _done(counts)
         rate = done / (now - self._started) if now > self._started else 0.0
         parts = ", ".join(f"{k} {v}" for k, v in counts.items())
-        print(f"progress: {done}/{self._total} ({rate:.0f}/s): {parts}", file=self._stream, flush=True)
+        of = f"/{self._total}" if self._total is not None else ""
+        print(f"progress: {done}{of} rows ({rate:.0f}/s): {parts}", file=self._stream, flush=True)
 
 
 def emit_json(stream: TextIO, event: str, **fields: Any) -> None:
@@ -94,14 +96,14 @@ class JsonProgress:
     def __init__(self, stream: TextIO, *, every_s: float = 5.0) -> None:
         self._stream = stream
         self._every_s = every_s
-        self._total = 0
+        self._total: int | None = None
         self._started = 0.0
         self._last = 0.0
 
-    def start(self, total: int) -> None:
+    def start(self, total: int | None) -> None:
         self._total = total
         self._started = self._last = time.monotonic()
-        emit_json(self._stream, "start", rows_to_send=total)
+        emit_json(self._stream, "start", rows=total)
 
     def update(self, counts: Mapping[str, int]) -> None:
         now = time.monotonic()

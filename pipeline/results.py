@@ -7,7 +7,9 @@ removes that prefix when a results file is read back as input, so values round-t
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import polars as pl
 
@@ -40,29 +42,84 @@ def assemble_results(frame: pl.DataFrame, outcomes: pl.DataFrame) -> pl.DataFram
 
 def write_results(results: pl.DataFrame, path: Path, *, after_sending: bool = False) -> None:
     """Replace `path` with `results` atomically. Raises OutputError (no traceback) when it cannot."""
-    suffix = path.suffix.lower()
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(temp, "wb") as out:
-            if suffix == ".parquet":
-                results.write_parquet(out)
-            elif suffix == ".jsonl":
-                results.write_ndjson(out)
-            else:
-                _escape_formulas(results).write_csv(out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
-        _fsync_dir(path.parent)
-    except OSError as exc:
-        temp.unlink(missing_ok=True)
-        reason = exc.strerror or str(exc)
-        raise OutputError(
-            f"{path}: cannot write the results file: {reason}. Hint: free disk space or choose another output.results;"
-            " the run's state is kept, so running again only rewrites the results.",
-            after_sending=after_sending,
-        ) from None
+    writer = ResultsWriter(path, after_sending=after_sending)
+    writer.write(results)
+    writer.close()
+
+
+class ResultsWriter:
+    """Writes a results file batch by batch into a temp file beside it, and puts it in place atomically on `close`.
+    Memory stays flat: CSV and JSON Lines are appended; Parquet batches go to part files that are streamed into one
+    file at the end."""
+
+    def __init__(self, path: Path, *, after_sending: bool = False) -> None:
+        self.path = path
+        self.after_sending = after_sending
+        self.suffix = path.suffix.lower()
+        self.temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        self._parts: list[Path] = []
+        self._out: BinaryIO | None = None
+        self.rows = 0
+        self._guard(lambda: path.parent.mkdir(parents=True, exist_ok=True))
+
+    def write(self, batch: pl.DataFrame) -> None:
+        self._guard(lambda: self._write(batch))
+        self.rows += batch.height
+
+    def _write(self, batch: pl.DataFrame) -> None:
+        if self.suffix == ".parquet":
+            part = self.temp.with_name(f"{self.temp.name}.part-{len(self._parts):05d}.parquet")
+            batch.write_parquet(part)
+            self._parts.append(part)
+            return
+        if self._out is None:
+            self._out = open(self.temp, "wb")  # noqa: SIM115 - kept open across batches, closed in close()/abort()
+        if self.suffix == ".jsonl":
+            batch.write_ndjson(self._out)
+        else:
+            _escape_formulas(batch).write_csv(self._out, include_header=self.rows == 0)
+
+    def close(self) -> None:
+        """Flush, fsync, and rename over the results file."""
+        self._guard(self._finish)
+
+    def _finish(self) -> None:
+        if self.suffix == ".parquet":
+            pl.scan_parquet(self._parts).sink_parquet(self.temp)
+            for part in self._parts:
+                part.unlink()
+            with open(self.temp, "rb") as written:
+                os.fsync(written.fileno())
+        else:
+            if self._out is None:
+                self._out = open(self.temp, "wb")  # noqa: SIM115 - closed just below
+            self._out.flush()
+            os.fsync(self._out.fileno())
+            self._out.close()
+            self._out = None
+        os.replace(self.temp, self.path)
+        _fsync_dir(self.path.parent)
+
+    def abort(self) -> None:
+        """Remove what was written; the results file stays as it was."""
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+        for part in self._parts:
+            part.unlink(missing_ok=True)
+        self.temp.unlink(missing_ok=True)
+
+    def _guard(self, action: Callable[[], object]) -> None:
+        try:
+            action()
+        except (OSError, pl.exceptions.PolarsError) as exc:
+            self.abort()
+            reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
+            raise OutputError(
+                f"{self.path}: cannot write the results file: {reason}. Hint: free disk space or choose another "
+                "output.results; the run's state is kept, so running again only rewrites the results.",
+                after_sending=self.after_sending,
+            ) from None
 
 
 def check_writable(path: Path) -> None:

@@ -18,7 +18,7 @@ import fcntl
 import os
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -165,11 +165,16 @@ class StateStore:
             )
         return cursor.rowcount
 
-    def outcomes(self) -> pl.DataFrame:
-        """Every recorded row: idempotency_key and the result columns (status as recorded)."""
-        cursor = self.db.execute(
-            "SELECT idempotency_key, status, verdict, http_status, message_id, error, attempts, sent_at, latency_ms "
-            "FROM messages"
+    def lookup(self, keys: Sequence[str]) -> pl.DataFrame:
+        """The recorded rows among `keys`: idempotency_key and the result columns (status as recorded)."""
+        db = self.db
+        db.execute("CREATE TEMP TABLE IF NOT EXISTS wanted (idempotency_key TEXT PRIMARY KEY) WITHOUT ROWID")
+        with self._transaction():
+            db.execute("DELETE FROM wanted")
+            db.executemany("INSERT OR IGNORE INTO wanted VALUES (?)", ((k,) for k in keys))
+        cursor = db.execute(
+            "SELECT m.idempotency_key, status, verdict, http_status, message_id, error, attempts, sent_at, latency_ms "
+            "FROM wanted JOIN messages AS m USING (idempotency_key)"
         )
         return pl.DataFrame(cursor.fetchall(), schema=OUTCOME_COLUMNS, orient="row")
 

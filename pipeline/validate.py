@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from pipeline.payload import CONTACT, CONTENT, ROW, TEMPLATE, WEBHOOK, variable_column
+from pipeline.payload import CONTACT, CONTENT, KEY, ROW, TEMPLATE, WEBHOOK, variable_column
 from pipeline.spec import GUID_PATTERN, URL_PATTERN, FieldSource, MessageSpec
 
 STATUS = "result_status"
@@ -82,4 +82,81 @@ def reason_counts(checked: pl.DataFrame, *, examples: int = 5) -> pl.DataFrame:
         .group_by("reason")
         .agg(pl.len().alias("rows"), pl.col(ROW).sort().head(examples).alias("example_rows"))
         .sort(["rows", "reason"], descending=[True, False])
+    )
+
+
+class SeenKeys:
+    """The exact set of idempotency keys accepted so far in this pass over the input, for finding duplicates across
+    batches in about 16 bytes per key: each key is kept as two 60-bit integers in sorted runs that are searched with
+    binary search and merged as they grow (small runs into bigger ones, up to a cap, so a merge never needs much
+    more memory than the runs it merges)."""
+
+    _MAX_RUN = 1_000_000
+
+    def __init__(self) -> None:
+        self._runs: list[pl.DataFrame] = []
+
+    def __len__(self) -> int:
+        return sum(run.height for run in self._runs)
+
+    def mark_duplicates(self, checked: pl.DataFrame) -> pl.DataFrame:
+        """Rows of `checked` still to send whose key an earlier batch already had become `duplicate`; the rest are
+        added to the set."""
+        pending = checked.filter(pl.col(STATUS).is_null())
+        if pending.height == 0:
+            return checked
+        split = _split_keys(pending.select(ROW, KEY))
+        seen = self._contains(split)
+        if seen.any():
+            repeated = split.filter(seen)[ROW]
+            checked = checked.with_columns(
+                pl.when(pl.col(ROW).is_in(repeated.implode()))
+                .then(pl.lit(DUPLICATE))
+                .otherwise(pl.col(STATUS))
+                .alias(STATUS),
+                pl.when(pl.col(ROW).is_in(repeated.implode()))
+                .then(pl.lit("duplicate of an earlier row"))
+                .otherwise(pl.col(ERROR))
+                .alias(ERROR),
+            )
+            split = split.filter(~seen)
+        self._add(split.select("hi", "lo"))
+        return checked
+
+    def _contains(self, split: pl.DataFrame) -> pl.Series:
+        found = pl.Series(values=[False] * split.height, dtype=pl.Boolean)
+        hi, lo = split["hi"], split["lo"]
+        for run in self._runs:
+            run_hi, run_lo = run["hi"], run["lo"]
+            at = run_hi.search_sorted(hi, side="left")
+            inside = at < run.height
+            index = at.zip_with(inside, pl.Series([0] * split.height, dtype=at.dtype))
+            same_hi = inside & (run_hi.gather(index) == hi)
+            exact = same_hi & (run_lo.gather(index) == lo)
+            found = found | exact
+            # keys sharing their first 60 bits (about one in 10^18 pairs): look past the first match
+            for i in (same_hi & ~exact).arg_true():
+                j = int(index[i]) + 1
+                while j < run.height and run_hi[j] == hi[i]:
+                    if run_lo[j] == lo[i]:
+                        found[i] = True
+                        break
+                    j += 1
+        return found
+
+    def _add(self, keys: pl.DataFrame) -> None:
+        self._runs.append(keys.sort("hi", "lo"))
+        while len(self._runs) >= 2:
+            last, before = self._runs[-1], self._runs[-2]
+            merged_size = last.height + before.height
+            if last.height < before.height // 2 or merged_size > self._MAX_RUN:
+                break
+            self._runs[-2:] = [pl.concat([before, last]).sort("hi", "lo")]
+
+
+def _split_keys(frame: pl.DataFrame) -> pl.DataFrame:
+    # 15 hex digits = 60 bits fit an Int64; two halves keep 120 of the key's 128 bits
+    return frame.with_columns(
+        pl.col(KEY).str.slice(0, 15).str.to_integer(base=16).alias("hi"),
+        pl.col(KEY).str.slice(15, 15).str.to_integer(base=16).alias("lo"),
     )
