@@ -68,6 +68,9 @@ def classify_exception(exc: BaseException) -> Verdict:
         return Verdict.TRANSIENT
     if isinstance(exc, httpx.WriteTimeout):
         return Verdict.TRANSIENT
+    if isinstance(exc, httpx.LocalProtocolError):
+        # refused before anything was sent (e.g. a header with a line break): every retry would fail the same way
+        return Verdict.PERMANENT
     # ReadTimeout, ReadError, RemoteProtocolError (closed while waiting), the overall deadline, and anything else
     # that happened once the request could have been on the wire
     return Verdict.AMBIGUOUS
@@ -83,6 +86,7 @@ def describe_exception(exc: BaseException) -> str:
         httpx.ReadTimeout: "no response before the timeout",
         httpx.ReadError: "connection reset while waiting for the response",
         httpx.RemoteProtocolError: "connection closed without a valid response",
+        httpx.LocalProtocolError: "request refused before sending",
     }
     for kind, text in names.items():
         if isinstance(exc, kind):

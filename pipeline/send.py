@@ -32,6 +32,7 @@ from pipeline.outcome import (
     message_id,
     parse_body,
 )
+from pipeline.transport import FastHTTPTransport
 
 MESSAGES_PATH = "/v1/messages/contact"
 BeforeSend = Callable[["SendJob"], Awaitable[bool]]
@@ -267,7 +268,10 @@ def _client(config: SenderConfig, transport: httpx.AsyncBaseTransport | None) ->
         limits=httpx.Limits(max_connections=config.concurrency, max_keepalive_connections=config.concurrency),
         # per-phase limits inside the overall deadline that _attempt enforces with fail_after
         timeout=httpx.Timeout(config.timeout_s, connect=min(config.timeout_s, 10.0)),
-        transport=transport,
+        # httpx's default transport (httpcore) costs over 1 ms of CPU per request and slows down as connections
+        # grow; this one is measured at a few tens of microseconds and tells exactly whether a request was written
+        transport=transport
+        or FastHTTPTransport(max_connections=config.concurrency, connect_timeout_s=min(config.timeout_s, 10.0)),
         # a proxy from the environment must not intercept a local server (the sandbox, tests)
         trust_env=host not in ("127.0.0.1", "localhost", "::1"),
     )
