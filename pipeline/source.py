@@ -36,7 +36,7 @@ RESULT_COLUMNS = (
 )
 # A cell written as `'=...` in a results CSV was escaped so spreadsheets do not run it; see results.py.
 _ESCAPED_CELL = r"^'+[=+\-@\t\r]"
-BLOCK_BYTES = 8 << 20  # about 50,000 typical rows: large enough for polars to be fast, small enough to stay flat
+BLOCK_BYTES = 2 << 20  # 20,000-40,000 typical rows: big enough for polars to be fast, small enough to stay flat
 PARQUET_BATCH_ROWS = 50_000
 _BOM = codecs.BOM_UTF8
 
