@@ -60,14 +60,14 @@ class LogProgress:
     def start(self, total: int | None) -> None:
         self._total = total
         self._started = self._last = time.monotonic()
-        rows = f"{total} row(s)" if total is not None else "the input"
-        print(f"sending {rows}", file=self._stream, flush=True)
+        self._begin(total)
 
     def update(self, counts: Mapping[str, int]) -> None:
         now = time.monotonic()
         if now - self._last >= self._every_s:
             self._last = now
-            self._line(counts, now)
+            done = _done(counts)
+            self._progress(done, done / (now - self._started) if now > self._started else 0.0, counts)
 
     def notice(self, message: str) -> None:
         print(message, file=self._stream, flush=True)
@@ -75,12 +75,14 @@ class LogProgress:
     def finish(self) -> None:
         return
 
-    def _line(self, counts: Mapping[str, int], now: float) -> None:
-        done = _done(counts)
-        rate = done / (now - self._started) if now > self._started else 0.0
+    def _begin(self, total: int | None) -> None:
+        rows = f"{total} row(s)" if total is not None else "the input"
+        print(f"sending {rows}", file=self._stream, flush=True)
+
+    def _progress(self, done: int, per_s: float, counts: Mapping[str, int]) -> None:
         parts = ", ".join(f"{k} {v}" for k, v in counts.items())
         of = f"/{self._total}" if self._total is not None else ""
-        print(f"progress: {done}{of} rows ({rate:.0f}/s): {parts}", file=self._stream, flush=True)
+        print(f"progress: {done}{of} rows ({per_s:.0f}/s): {parts}", file=self._stream, flush=True)
 
 
 def emit_json(stream: TextIO, event: str, **fields: Any) -> None:
@@ -90,34 +92,17 @@ def emit_json(stream: TextIO, event: str, **fields: Any) -> None:
     print(json.dumps(record, ensure_ascii=False, default=str), file=stream, flush=True)
 
 
-class JsonProgress:
-    """`--log-format json`: start, progress every `every_s` seconds, and notices, as JSON lines."""
-
-    def __init__(self, stream: TextIO, *, every_s: float = 5.0) -> None:
-        self._stream = stream
-        self._every_s = every_s
-        self._total: int | None = None
-        self._started = 0.0
-        self._last = 0.0
-
-    def start(self, total: int | None) -> None:
-        self._total = total
-        self._started = self._last = time.monotonic()
-        emit_json(self._stream, "start", rows=total)
-
-    def update(self, counts: Mapping[str, int]) -> None:
-        now = time.monotonic()
-        if now - self._last >= self._every_s:
-            self._last = now
-            done = _done(counts)
-            rate = done / (now - self._started) if now > self._started else 0.0
-            emit_json(self._stream, "progress", done=done, total=self._total, per_s=round(rate, 1), counts=dict(counts))
+class JsonProgress(LogProgress):
+    """`--log-format json`: the same events as LogProgress, as JSON lines."""
 
     def notice(self, message: str) -> None:
         emit_json(self._stream, "notice", message=message)
 
-    def finish(self) -> None:
-        return
+    def _begin(self, total: int | None) -> None:
+        emit_json(self._stream, "start", rows=total)
+
+    def _progress(self, done: int, per_s: float, counts: Mapping[str, int]) -> None:
+        emit_json(self._stream, "progress", done=done, total=self._total, per_s=round(per_s, 1), counts=dict(counts))
 
 
 def format_summary(summary: RunSummary) -> str:

@@ -84,3 +84,10 @@ def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str, str
         return code, captured.out, captured.err
 
     return run
+
+
+@pytest.fixture
+def credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The environment variables a spec's `${SENT_DM_SENDER_ID}` and `${SENT_DM_API_KEY}` read."""
+    monkeypatch.setenv("SENT_DM_SENDER_ID", SENDER)
+    monkeypatch.setenv("SENT_DM_API_KEY", API_KEY)

@@ -14,17 +14,14 @@ from typing import Any
 import polars as pl
 import pytest
 
-from tests.conftest import API_KEY, SENDER, contact_rows
+from tests.conftest import API_KEY, contact_rows
 from tests.fault_server import Fault, FaultServer, Reply, Request, Script, chaos, per_key, sequence
 
 Cli = Callable[..., tuple[int, str, str]]
 MakeCampaign = Callable[..., Path]
 
 
-@pytest.fixture(autouse=True)
-def credentials(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SENT_DM_SENDER_ID", SENDER)
-    monkeypatch.setenv("SENT_DM_API_KEY", API_KEY)
+pytestmark = pytest.mark.usefixtures("credentials")
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import pytest
 from pipeline.campaign import prepare_campaign
 from pipeline.spec import load_spec
 from pipeline.state import StateStore
-from tests.conftest import API_KEY, SENDER, contact_rows, write_csv
+from tests.conftest import contact_rows, write_csv
 from tests.fault_server import Fault, FaultServer, Reply, Request, chaos
 
 Cli = Callable[..., tuple[int, str, str]]
@@ -27,10 +27,7 @@ MakeCampaign = Callable[..., Path]
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(autouse=True)
-def credentials(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SENT_DM_SENDER_ID", SENDER)
-    monkeypatch.setenv("SENT_DM_API_KEY", API_KEY)
+pytestmark = pytest.mark.usefixtures("credentials")
 
 
 class CountingScript:

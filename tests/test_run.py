@@ -24,10 +24,7 @@ def sandbox() -> Iterator[SandboxServer]:
         yield server
 
 
-@pytest.fixture(autouse=True)
-def credentials(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SENT_DM_SENDER_ID", SENDER)
-    monkeypatch.setenv("SENT_DM_API_KEY", API_KEY)
+pytestmark = pytest.mark.usefixtures("credentials")
 
 
 def api(url: str, **extra: object) -> dict[str, object]:

@@ -15,16 +15,13 @@ from pipeline.campaign import prepare_campaign
 from pipeline.sandbox import SandboxServer
 from pipeline.shard import Shard
 from pipeline.spec import load_spec
-from tests.conftest import API_KEY, SENDER, contact_rows, write_csv
+from tests.conftest import contact_rows, write_csv
 
 Cli = Callable[..., tuple[int, str, str]]
 MakeCampaign = Callable[..., Path]
 
 
-@pytest.fixture(autouse=True)
-def credentials(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SENT_DM_SENDER_ID", SENDER)
-    monkeypatch.setenv("SENT_DM_API_KEY", API_KEY)
+pytestmark = pytest.mark.usefixtures("credentials")
 
 
 @pytest.fixture
