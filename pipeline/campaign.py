@@ -77,23 +77,27 @@ class PreparedBatch:
     payloads: pl.DataFrame  # result_row, payload (JSON text), idempotency_key - rows to send, in input order
 
 
-def prepared_batches(spec: CampaignSpec, shard: Shard | None = None) -> Iterator[PreparedBatch]:
+def prepared_batches(spec: CampaignSpec, shard: Shard | None = None, *, keys: bool = True) -> Iterator[PreparedBatch]:
     """Read, validate and build payloads batch by batch (only the rows of `shard`, if given). Duplicates are found
-    across the whole input. Raises InputError for an unusable file."""
+    across the whole input. Idempotency keys, the costliest part, are derived only for the rows to send, and only
+    when `keys` (validation alone does not need them). Raises InputError for an unusable file."""
     contacts = source.open_contacts(spec.input, spec.input_format, required=spec.message.columns())
     seen = validate.SeenKeys()
     for frame in contacts.batches():
         fields = payload.message_fields(frame, spec.message)
-        fields = fields.with_columns(payload.idempotency_keys(fields[payload.CONTENT], campaign=spec.name))
-        if shard is not None:
+        if shard is not None:  # the shard follows from the key, so every row needs one
+            fields = fields.with_columns(payload.idempotency_keys(fields[payload.CONTENT], campaign=spec.name))
             mine = fields.select(shard.selects(pl.col(payload.KEY))).to_series()
             frame, fields = frame.filter(mine), fields.filter(mine)
         checked = seen.mark_duplicates(validate.check_rows(fields, spec.message))
         to_send = checked.filter(pl.col(validate.STATUS).is_null())
+        payloads = payload.encode_payloads(to_send, spec.message, campaign=spec.name, keys=keys)
         yield PreparedBatch(
             frame=frame,
-            checked=checked.select(payload.ROW, payload.KEY, validate.STATUS, validate.ERROR),
-            payloads=payload.encode_payloads(to_send, spec.message, campaign=spec.name),
+            checked=checked.select(payload.ROW, validate.STATUS, validate.ERROR).join(
+                payloads.select(payload.ROW, payload.KEY), on=payload.ROW, how="left", maintain_order="left"
+            ),
+            payloads=payloads,
         )
 
 
@@ -135,7 +139,7 @@ def validate_campaign(spec: CampaignSpec, *, output: Path | None = None) -> Vali
     reasons = _ReasonTally()
     example: dict[str, Any] | None = None
     try:
-        for batch in prepared_batches(spec):
+        for batch in prepared_batches(spec, keys=False):
             rows += batch.frame.height
             valid += batch.payloads.height
             statuses = batch.checked[validate.STATUS]
@@ -392,8 +396,8 @@ def _write_results(
     totals = _Totals()
     writer = results.ResultsWriter(path, after_sending=after_sending)
     try:
-        for batch in prepared_batches(spec, options.shard):
-            recorded = store.lookup(batch.checked[payload.KEY].to_list()) if store is not None else _empty_outcomes()
+        for batch in prepared_batches(spec, options.shard, keys=store is not None):
+            recorded = store.lookup(batch.payloads[payload.KEY].to_list()) if store is not None else _empty_outcomes()
             table = _final_outcomes(batch, recorded, not_sent_reason)
             totals.add(table)
             writer.write(results.assemble_results(batch.frame, table))

@@ -64,8 +64,9 @@ def _content(message: MessageSpec) -> pl.Expr:
     return pl.concat_str(framed, separator="|")
 
 
-def encode_payloads(fields: pl.DataFrame, message: MessageSpec, *, campaign: str) -> pl.DataFrame:
-    """`result_row`, the JSON request body and the idempotency key of every row in `fields`."""
+def encode_payloads(fields: pl.DataFrame, message: MessageSpec, *, campaign: str, keys: bool = True) -> pl.DataFrame:
+    """`result_row`, the JSON request body and (unless `keys` is False) the idempotency key of every row in
+    `fields`."""
     body = {
         "contactId": pl.col(CONTACT),
         "templateId": pl.col(TEMPLATE),
@@ -79,8 +80,11 @@ def encode_payloads(fields: pl.DataFrame, message: MessageSpec, *, campaign: str
         with_hook = with_hook.struct.json_encode()
         encoded = pl.when(pl.col(WEBHOOK).is_null()).then(plain).otherwise(with_hook)
     out = fields.select(pl.col(ROW), encoded.alias(BODY))
-    keys = fields[KEY] if KEY in fields.columns else idempotency_keys(fields[CONTENT], campaign=campaign)
-    return out.with_columns(keys.alias(KEY))
+    if KEY in fields.columns:
+        return out.with_columns(fields[KEY])
+    if not keys:
+        return out.with_columns(pl.lit(None, dtype=pl.String).alias(KEY))
+    return out.with_columns(idempotency_keys(fields[CONTENT], campaign=campaign))
 
 
 def idempotency_keys(content: pl.Series, *, campaign: str) -> pl.Series:

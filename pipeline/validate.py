@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from pipeline.payload import CONTACT, CONTENT, KEY, ROW, TEMPLATE, WEBHOOK, variable_column
+from pipeline.payload import CONTACT, CONTENT, ROW, TEMPLATE, WEBHOOK, variable_column
 from pipeline.spec import GUID_PATTERN, URL_PATTERN, FieldSource, MessageSpec
 
 STATUS = "result_status"
@@ -17,6 +17,7 @@ ERROR = "result_error"
 INVALID = "invalid"
 DUPLICATE = "duplicate"
 REASON_SEPARATOR = "; "
+_SEED_HI, _SEED_LO = 0x5E17, 0xD0C5
 
 
 def _guid_reason(field: str, source: FieldSource) -> pl.Expr | None:
@@ -86,10 +87,13 @@ def reason_counts(checked: pl.DataFrame, *, examples: int = 5) -> pl.DataFrame:
 
 
 class SeenKeys:
-    """The exact set of idempotency keys accepted so far in this pass over the input, for finding duplicates across
-    batches in about 16 bytes per key: each key is kept as two 60-bit integers in sorted runs that are searched with
-    binary search and merged as they grow (small runs into bigger ones, up to a cap, so a merge never needs much
-    more memory than the runs it merges)."""
+    """The set of row contents accepted so far in this pass over the input, for finding duplicates across batches
+    in 16 bytes per row: each content is kept as a 128-bit hash (two 64-bit polars hashes with different seeds) in
+    sorted runs that are searched with binary search and merged as they grow (small runs into bigger ones, up to a
+    cap, so a merge never needs much more memory than the runs it merges).
+
+    polars' hash is fast and the same throughout one process, which is all a pass needs; it is never stored (the
+    durable idempotency keys are payload.py's). Rows within one batch are compared by their full content."""
 
     _MAX_RUN = 1_000_000
 
@@ -105,7 +109,9 @@ class SeenKeys:
         pending = checked.filter(pl.col(STATUS).is_null())
         if pending.height == 0:
             return checked
-        split = _split_keys(pending.select(ROW, KEY))
+        split = pending.select(
+            ROW, pl.col(CONTENT).hash(seed=_SEED_HI).alias("hi"), pl.col(CONTENT).hash(seed=_SEED_LO).alias("lo")
+        )
         seen = self._contains(split)
         if seen.any():
             repeated = split.filter(seen)[ROW]
@@ -124,13 +130,13 @@ class SeenKeys:
         return checked
 
     def _contains(self, split: pl.DataFrame) -> pl.Series:
-        found = pl.Series(values=[False] * split.height, dtype=pl.Boolean)
+        found = pl.repeat(False, split.height, eager=True)
         hi, lo = split["hi"], split["lo"]
         for run in self._runs:
             run_hi, run_lo = run["hi"], run["lo"]
             at = run_hi.search_sorted(hi, side="left")
             inside = at < run.height
-            index = at.zip_with(inside, pl.Series([0] * split.height, dtype=at.dtype))
+            index = at.zip_with(inside, pl.repeat(0, split.height, dtype=at.dtype, eager=True))
             same_hi = inside & (run_hi.gather(index) == hi)
             exact = same_hi & (run_lo.gather(index) == lo)
             found = found | exact
@@ -152,11 +158,3 @@ class SeenKeys:
             if last.height < before.height // 2 or merged_size > self._MAX_RUN:
                 break
             self._runs[-2:] = [pl.concat([before, last]).sort("hi", "lo")]
-
-
-def _split_keys(frame: pl.DataFrame) -> pl.DataFrame:
-    # 15 hex digits = 60 bits fit an Int64; two halves keep 120 of the key's 128 bits
-    return frame.with_columns(
-        pl.col(KEY).str.slice(0, 15).str.to_integer(base=16).alias("hi"),
-        pl.col(KEY).str.slice(15, 15).str.to_integer(base=16).alias("lo"),
-    )

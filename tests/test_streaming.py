@@ -76,22 +76,20 @@ def test_duplicates_are_found_across_batches_and_results_keep_input_order(
 
 
 def test_seen_keys_are_exact_and_survive_merges() -> None:
-    import hashlib
-
     seen = SeenKeys()
     seen._MAX_RUN = 64  # force many runs and merges
-    keys = [hashlib.blake2b(str(i).encode(), digest_size=16).hexdigest() for i in range(1000)]
+    keys = [f"row content {i}" for i in range(1000)]
     for start in range(0, 1000, 50):
         batch = pl.DataFrame(
             {
                 "result_row": list(range(start, start + 50)),
-                "idempotency_key": keys[start : start + 50],
+                "content": keys[start : start + 50],
                 "result_status": [None] * 50,
                 "result_error": [None] * 50,
             },
             schema={
                 "result_row": pl.Int64,
-                "idempotency_key": pl.String,
+                "content": pl.String,
                 "result_status": pl.String,
                 "result_error": pl.String,
             },
@@ -101,13 +99,13 @@ def test_seen_keys_are_exact_and_survive_merges() -> None:
     again = pl.DataFrame(
         {
             "result_row": [1, 2],
-            "idempotency_key": [keys[500], "f" * 32],
+            "content": [keys[500], "f" * 32],
             "result_status": [None, None],
             "result_error": [None, None],
         },
         schema={
             "result_row": pl.Int64,
-            "idempotency_key": pl.String,
+            "content": pl.String,
             "result_status": pl.String,
             "result_error": pl.String,
         },
