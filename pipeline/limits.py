@@ -103,6 +103,12 @@ class Pacer:
             self._window_start, self._window_count = now, 0
 
     async def wait_turn(self) -> None:
+        if self._rate is None and self._ceiling is None and not self._lock.locked():
+            # unlimited and nobody waiting: the common case costs no lock (measured: 4% of a run's CPU)
+            now = self._clock()
+            if now >= self._paused_until:
+                self._count(now)
+                return
         # one waiter at a time keeps the admission order fair and the bucket arithmetic simple
         async with self._lock:
             while True:

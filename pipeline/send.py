@@ -11,6 +11,7 @@ callback.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import math
 import random
@@ -105,8 +106,18 @@ class RunControl:
         self.stopping = True
 
 
+_second_text: tuple[int, str] = (0, "")
+
+
 def _now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """UTC now as 2026-11-27T14:05:09.123Z; the part up to the second is formatted once a second (it showed in
+    profiles when formatted per message)."""
+    global _second_text
+    now = time.time()
+    second = int(now)
+    if _second_text[0] != second:
+        _second_text = (second, datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S"))
+    return f"{_second_text[1]}.{int((now - second) * 1000):03d}Z"
 
 
 def retry_after_s(headers: httpx.Headers, *, now: float | None = None) -> float | None:
@@ -242,7 +253,9 @@ class _Sender:
 
     async def _attempt(self, job: SendJob) -> tuple[int | None, httpx.Headers | None, Verdict, str | None, str | None]:
         try:
-            with anyio.fail_after(self.config.timeout_s):
+            # asyncio's own timeout: anyio.fail_after was measured at 6% of a run's CPU, and the transport is
+            # asyncio-only anyway
+            async with asyncio.timeout(self.config.timeout_s):
                 request = httpx.Request(
                     "POST", self.url, headers=[*self.headers, (b"idempotency-key", job.key.encode())], content=job.body
                 )

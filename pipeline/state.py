@@ -252,6 +252,13 @@ class GroupCommitter:
         while True:
             await self._wake.wait()
             self._wake = anyio.Event()
+            # a commit costs about as much as a request: give workers that are about to send a few turns to join
+            # this transaction, as long as more keep coming
+            for _ in range(4):
+                pending = len(self._in_flight) + len(self._outcomes)
+                await anyio.sleep(0)
+                if len(self._in_flight) + len(self._outcomes) == pending:
+                    break
             self.flush()
             # let the woken workers send before the next commit, so marks gather into batches
             await anyio.sleep(0)
