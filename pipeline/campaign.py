@@ -328,7 +328,10 @@ def run_campaign(
             if control.interrupt_signal is not None
             else f"not sent: beyond --limit {options.limit}"
         )
-        totals = _write_results(spec, options, spec.output.results, store, reason, after_sending=tally.attempted > 0)
+        with _finish_before_stopping(control, progress, enabled=options.handle_signals):
+            totals = _write_results(
+                spec, options, spec.output.results, store, reason, after_sending=tally.attempted > 0
+            )
     if options.shard is not None:
         write_shard_manifest(spec.output.results, spec.name, options.shard, rows=totals.rows)
     return _summarise(
@@ -343,6 +346,30 @@ def run_campaign(
         send_wall_s,
         started,
     )
+
+
+@contextlib.contextmanager
+def _finish_before_stopping(control: RunControl, progress: ProgressSink | None, *, enabled: bool) -> Iterator[None]:
+    """While the results file is written after sending, a first SIGINT/SIGTERM is noted (the exit code still says
+    the run was interrupted) and the file is finished, so every row is accounted for; a second one stops at once."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def note(signum: int, _frame: object) -> None:
+        if control.interrupt_signal is not None and control.stopping_for_results:
+            raise KeyboardInterrupt
+        control.interrupt_signal = control.interrupt_signal or signum
+        control.stopping_for_results = True
+        if progress is not None:
+            progress.notice(f"{signal.Signals(signum).name}: finishing the results file first (again to stop now)")
+
+    previous = {s: signal.signal(s, note) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def _jobs(spec: CampaignSpec, options: RunOptions, store: StateStore, tally: _Tally) -> Iterator[SendJob]:

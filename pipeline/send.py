@@ -96,6 +96,7 @@ class RunControl:
         self.stopping = False
         self.abort_reason: str | None = None
         self.interrupt_signal: int | None = None
+        self.stopping_for_results = False  # a signal came while the results file was being written
 
     def stop(self) -> None:
         self.stopping = True

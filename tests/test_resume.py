@@ -386,3 +386,23 @@ def test_ten_thousand_rows_against_a_flaky_server_killed_mid_run(
 def assert_no_message_sent_twice_accepted(server: FaultServer) -> None:
     """Retries of requests the server refused are fine; a second acceptance of one message is not."""
     assert server.duplicate_keys() == []
+
+
+def test_a_signal_while_the_results_are_written_still_finishes_the_file(
+    cli: Cli, make_campaign: MakeCampaign, server: FaultServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline import campaign
+
+    real = campaign._write_results
+
+    def interrupted(*args: object, **kwargs: object) -> object:
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives while the results pass runs
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(campaign, "_write_results", interrupted)
+    spec = make_spec(make_campaign, server.url, 30)
+    code, out, err = cli("run", spec)
+    assert code == 143
+    assert "finishing the results file first" in err
+    assert_each_row_once(results(spec), 30)
+    assert "INTERRUPTED by SIGTERM" in out
