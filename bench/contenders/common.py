@@ -1,0 +1,109 @@
+"""What every contender shares, so that they differ only in how they send: the command line, reading the CSV, the
+request body and headers, and the one-line JSON report that `bench/compare.py` reads back.
+
+Every contender is run as `python bench/contenders/NAME.py BASE_URL CSV CONCURRENCY ROWS`: it sends the first ROWS
+rows of CSV to `BASE_URL/v1/messages/contact` with at most CONCURRENCY requests in flight, prints one JSON line
+(`{"sent": ..., "failed": ..., "send_s": ..., "first_error": ...}`) and exits 0 only if every request got a 2xx.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+MESSAGES_PATH = "/v1/messages/contact"
+# The same template and webhook the product's benchmark spec uses, so every contender sends the same bytes.
+TEMPLATE_ID = "7ba7b820-9dad-11d1-80b4-00c04fd430c8"
+WEBHOOK_URL = "https://example.com/webhook/message-status"
+SENDER_ID = os.environ.get("SENT_DM_SENDER_ID", "0b6f5a1e-4c3d-4e2f-9a8b-7c6d5e4f3a2b")
+API_KEY = os.environ.get("SENT_DM_API_KEY", "bench-key")
+HEADERS = {"x-sender-id": SENDER_ID, "x-api-key": API_KEY, "Content-Type": "application/json"}
+
+
+@dataclass(frozen=True)
+class Job:
+    base_url: str
+    csv_path: str
+    concurrency: int
+    rows: int
+
+    @property
+    def url(self) -> str:
+        return self.base_url.rstrip("/") + MESSAGES_PATH
+
+
+@dataclass
+class Tally:
+    """Counts of answers; `first_error` keeps one example so a failure says what went wrong."""
+
+    sent: int = 0
+    failed: int = 0
+    first_error: str | None = None
+    statuses: dict[str, int] = field(default_factory=dict)
+
+    def ok(self) -> None:
+        self.sent += 1
+
+    def fail(self, reason: str) -> None:
+        self.failed += 1
+        self.statuses[reason] = self.statuses.get(reason, 0) + 1
+        if self.first_error is None:
+            self.first_error = reason
+
+
+def parse_args(description: str) -> Job:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("base_url", help="e.g. http://127.0.0.1:8080 (the path /v1/messages/contact is appended)")
+    parser.add_argument("csv_path", help="contacts CSV with contact_id, first_name, order_id")
+    parser.add_argument("concurrency", type=int, help="requests in flight at once")
+    parser.add_argument("rows", type=int, help="send the first ROWS rows")
+    args = parser.parse_args()
+    return Job(args.base_url, args.csv_path, max(1, args.concurrency), args.rows)
+
+
+def read_bodies(job: Job) -> list[dict[str, Any]]:
+    """The request body of each of the first `job.rows` rows, as the seed example builds it (a dict for json=)."""
+    bodies: list[dict[str, Any]] = []
+    with open(job.csv_path, newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            if len(bodies) >= job.rows:
+                break
+            bodies.append(
+                {
+                    "contactId": row["contact_id"],
+                    "templateId": TEMPLATE_ID,
+                    "messageBody": {"name": row["first_name"], "order_id": row["order_id"]},
+                    "webhookUrl": WEBHOOK_URL,
+                }
+            )
+    return bodies
+
+
+def encode(bodies: list[dict[str, Any]]) -> list[bytes]:
+    """Bodies as JSON bytes, for the clients that take raw content; compact, as the product sends them."""
+    return [json.dumps(body, separators=(",", ":")).encode() for body in bodies]
+
+
+def report(job: Job, tally: Tally, send_s: float) -> int:
+    """Print the one-line JSON report and return the exit code: 0 only if every row was sent with a 2xx."""
+    complete = tally.sent == job.rows and tally.failed == 0
+    print(
+        json.dumps(
+            {
+                "sent": tally.sent,
+                "failed": tally.failed,
+                "send_s": round(send_s, 4),
+                "first_error": tally.first_error,
+                "errors": tally.statuses,
+            }
+        ),
+        flush=True,
+    )
+    if not complete and tally.first_error is None:
+        print(f"only {tally.sent} of {job.rows} rows were read or sent", file=sys.stderr)
+    return 0 if complete else 1
