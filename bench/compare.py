@@ -3,11 +3,11 @@ CSV to Sent.dm's `POST /v1/messages/contact`, all on this machine, all against o
 
 Install line (into the project's venv; everything else is already a dependency of the product or of the bench):
 
-    /tmp/venv/bin/pip install requests sentdm        # py-spy too, only if you want to profile by hand
+    .venv/bin/pip install requests sentdm        # py-spy too, only if you want to profile by hand
 
 Run (one command, one run, every contender; 5-7 minutes on a 2-core machine, `--quick` about 2 minutes):
 
-    /tmp/venv/bin/python bench/compare.py [--rows 20000] [--quick] [--out bench/out]
+    .venv/bin/python bench/compare.py [--rows 20000] [--quick] [--out bench/out]
 
 What it measures, each contender in its own subprocess so its CPU time (user + sys) and peak RSS come from the
 kernel's accounting of that one process (`os.wait4`), and its sends are counted and timed at the mock server:

@@ -14,7 +14,7 @@ reset, reconfigure and read those records between runs:
 
 Run on its own:
 
-    /tmp/venv/bin/python bench/mock_server.py [--port 0] [--latency-ms 0]
+    .venv/bin/python bench/mock_server.py [--port 0] [--latency-ms 0]
 
 It prints its base URL (e.g. `http://127.0.0.1:40123`) as the first line on stdout, serves until SIGTERM or SIGINT
 (or, with `--exit-on-stdin-eof`, until its stdin closes), then closes its socket and exits 0. uvloop is used when it
