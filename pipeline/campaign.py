@@ -23,7 +23,7 @@ import httpx
 import polars as pl
 
 from pipeline import payload, results, source, validate
-from pipeline.errors import OutputError, UsageError
+from pipeline.errors import InputError, OutputError, UsageError
 from pipeline.limits import Pacer
 from pipeline.merge import write_shard_manifest
 from pipeline.outcome import FAILED, NOT_ATTEMPTED, SENT, UNKNOWN, Verdict
@@ -231,6 +231,7 @@ class _Tally:
         self.progress = progress
         self.slowdowns = 0
         self.pauses = 0
+        self.input_error: InputError | None = None  # a broken line found while sending
         self._rng = random.Random(0)
 
     def add(self, outcome: SendOutcome) -> None:
@@ -317,10 +318,19 @@ def run_campaign(
         recovered = store.recover_in_flight(resend=spec.send.retry_ambiguous)
         tally = _Tally(progress)
         control = RunControl()
-        jobs = _jobs(spec, options, store, tally)
+        jobs = _jobs(spec, options, store, tally, control)
         send_started = time.monotonic()
         _send(spec, jobs, store, tally, control, options)
         send_wall_s = time.monotonic() - send_started
+        if tally.input_error is not None:
+            # the results pass would stop at the same line: keep the state, report the line, and let a rerun on
+            # the fixed file finish the campaign (nothing acknowledged is resent)
+            broken = tally.input_error
+            raise InputError(
+                f"{broken} - {tally.counts[SENT]} row(s) before that line were sent; fix the file and run again "
+                "(rows already sent are not sent again)",
+                after_sending=True,
+            )
         reason = (
             f"not sent: run aborted: {control.abort_reason}"
             if control.abort_reason
@@ -372,11 +382,26 @@ def _finish_before_stopping(control: RunControl, progress: ProgressSink | None, 
             signal.signal(s, handler)
 
 
-def _jobs(spec: CampaignSpec, options: RunOptions, store: StateStore, tally: _Tally) -> Iterator[SendJob]:
+def _jobs(
+    spec: CampaignSpec, options: RunOptions, store: StateStore, tally: _Tally, control: RunControl
+) -> Iterator[SendJob]:
     """The rows to send, read batch by batch as the workers take them: rows without an outcome yet (or, for
-    `retry`, the rows it selects), at most `options.limit` of them."""
+    `retry`, the rows it selects), at most `options.limit` of them.
+
+    The file is checked as it is read (no full pass before the first request), so a broken line far into it is
+    found only when its block comes: then the run stops taking rows, lets requests in flight finish, and reports
+    the line (see run_campaign)."""
     left = options.limit
-    for batch in prepared_batches(spec, options.shard):
+    batches = prepared_batches(spec, options.shard)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except InputError as exc:
+            tally.input_error = exc
+            control.abort(f"the input is broken further on: {exc}")
+            return
         recorded = store.lookup(batch.payloads[payload.KEY].to_list())
         chosen, skipped = _select(batch.payloads, recorded, options)
         tally.skipped += skipped

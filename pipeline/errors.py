@@ -4,7 +4,8 @@
     PipelineError                 base; carries the exit code the CLI uses
     +-- UsageError                bad command line (exit 2)
     +-- SpecError                 the YAML job spec is invalid (exit 2); names the file and dotted key path
-    +-- InputError                the contacts file cannot be read as a table (exit 2); names the file and line
+    +-- InputError                the contacts file cannot be read as a table (exit 2, or 3 if found after sending
+                                  began); names the file and line
     +-- OutputError               the results file or state cannot be written (exit 2 before sending, 3 after)
     +-- CampaignBusy              another process is running the same campaign (exit 2)
 
@@ -37,16 +38,20 @@ class SpecError(PipelineError):
     """The job spec is invalid: the message lists every problem with its file and key path."""
 
 
-class InputError(PipelineError):
-    """The contacts file is missing, empty or malformed."""
-
-
-class OutputError(PipelineError):
-    """The results file (or the state next to it) cannot be written."""
+class _StopsARun(PipelineError):
+    """An error that is a usage error before anything was sent, and an aborted run after."""
 
     def __init__(self, message: str, *, after_sending: bool = False) -> None:
         super().__init__(message)
         self.exit_code = EXIT_ABORTED if after_sending else EXIT_USAGE
+
+
+class InputError(_StopsARun):
+    """The contacts file is missing, empty or malformed (exit 2; 3 when found only after sending began)."""
+
+
+class OutputError(_StopsARun):
+    """The results file (or the state next to it) cannot be written."""
 
 
 class CampaignBusy(PipelineError):

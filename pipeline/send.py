@@ -180,8 +180,8 @@ class _Sender:
                     continue  # drain without sending: these rows stay not_attempted
                 if self.before_send is not None and not await self.before_send(job):
                     continue
-                if self.control.stopping:
-                    continue
+                # once its in-flight mark is committed the row is sent even if a stop came meanwhile: skipping it
+                # now would leave a row marked in flight that never left, reported `unknown` by the next run
                 self.on_outcome(await self.deliver(job))
 
     async def deliver(self, job: SendJob) -> SendOutcome:

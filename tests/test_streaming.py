@@ -113,3 +113,34 @@ def test_seen_keys_are_exact_and_survive_merges() -> None:
     marked = seen.mark_duplicates(again)
     assert marked["result_status"].to_list() == ["duplicate", None]
     assert marked["result_error"].to_list() == ["duplicate of an earlier row", None]
+
+
+@pytest.mark.usefixtures("credentials")
+def test_a_broken_line_found_while_sending_stops_the_run_and_a_fixed_rerun_finishes_it(
+    cli: Cli, make_campaign: Callable[..., Path]
+) -> None:
+    from pipeline.sandbox import SandboxServer
+
+    with SandboxServer() as server:
+        spec = make_campaign(
+            contact_rows(60),
+            api={"base_url": server.url, "sender_id": "${SENT_DM_SENDER_ID}", "api_key": "${SENT_DM_API_KEY}"},
+        )
+        contacts = spec.parent / "contacts.csv"
+        good = contacts.read_text()
+        lines = good.splitlines()
+        lines[50] += ",extra"
+        contacts.write_text("\n".join(lines) + "\n")
+        code, _, err = cli("run", spec)
+        assert code == 3
+        assert f"{contacts}: line 51: 4 field(s) where the header has 3." in err
+        assert "row(s) before that line were sent; fix the file and run again" in err
+        sent_before = server.accepted_total
+        assert 0 < sent_before < 50
+
+        contacts.write_text(good)
+        code, out, _ = cli("run", spec)
+        assert code == 0, out
+        assert server.accepted_total == 60
+        assert sorted(set(server.accepted_by_key.values())) == [1]
+        assert f"Resumed: {sent_before} row(s)" in out
