@@ -532,7 +532,9 @@ def _send(
         base_url = spec.api.base_url
         if spec.api.is_sandbox:
             box = spec.api.sandbox or SandboxSpec()
-            server = SandboxServer(latency_ms=box.latency_ms, failure_rate=box.failure_rate, seed=box.seed)
+            server = SandboxServer(
+                latency_ms=box.latency_ms, failure_rate=box.failure_rate, seed=box.seed, count_keys=False
+            )
             base_url = stack.enter_context(server).url
         send = spec.send
         config = SenderConfig(

@@ -339,6 +339,7 @@ def _sandbox(args: argparse.Namespace) -> int:
             failure_rate=args.failure_rate,
             seed=args.seed,
             empty_success=args.empty_success,
+            count_keys=False,  # a long-running server must not grow with every message
         )
     except ValueError as exc:
         raise errors.UsageError(f"sandbox: {exc}") from None

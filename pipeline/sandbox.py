@@ -324,6 +324,7 @@ class _Engine:
         sender_id: str | None,
         empty_success: bool,
         record_bodies: bool,
+        count_keys: bool = True,
     ) -> None:
         self.latency_s = _check_number("latency_ms", latency_ms, 0.0, math.inf) / 1000.0
         self.failure_rate = _check_number("failure_rate", failure_rate, 0.0, 1.0)
@@ -342,6 +343,9 @@ class _Engine:
         self.sender_id = sender_id.lower() if sender_id is not None else None
         self.empty_success = empty_success
         self.record_bodies = record_bodies
+        # per-key counts prove "no duplicate sends" in tests; a campaign's own sandbox skips them, since they grow
+        # with every message (about 100 bytes each)
+        self.count_keys = count_keys
 
         self.requests_total = 0
         self.accepted_total = 0
@@ -418,11 +422,12 @@ class _Engine:
                 return _error(429, "too many requests", headers=_RETRY_AFTER)
             return _error(500, "internal server error")
 
-        key = headers.get("idempotency-key", "")
-        count = self.accepted_by_key.get(key, 0) + 1
-        self.accepted_by_key[key] = count
-        if count == 2 and key:
-            self.duplicate_keys += 1
+        if self.count_keys:
+            key = headers.get("idempotency-key", "")
+            count = self.accepted_by_key.get(key, 0) + 1
+            self.accepted_by_key[key] = count
+            if count == 2 and key:
+                self.duplicate_keys += 1
         self.accepted_total += 1
         if self.record_bodies:
             self.accepted_bodies.append(body)
@@ -675,6 +680,7 @@ class SandboxServer:
         sender_id: str | None = None,
         empty_success: bool = False,
         record_bodies: bool = False,
+        count_keys: bool = True,
     ) -> None:
         if not isinstance(host, str) or not host:
             raise ValueError("host must be a non-empty string")
@@ -690,6 +696,7 @@ class SandboxServer:
             sender_id=sender_id,
             empty_success=empty_success,
             record_bodies=record_bodies,
+            count_keys=count_keys,
         )
         self._lock = threading.Lock()
         self._started = False

@@ -530,6 +530,14 @@ def test_accepted_by_key_counts_acceptances_per_idempotency_key(server: SandboxS
     assert server.stats() == {"requests_total": 7, "accepted_total": 6, "duplicate_keys": 1}
 
 
+def test_without_key_counting_memory_does_not_grow_per_message() -> None:
+    with SandboxServer(count_keys=False) as quiet, httpx.Client(base_url=quiet.url, timeout=5) as client:
+        for key in ["a", "a", "b"]:
+            assert send(client, headers=auth_headers(**{"Idempotency-Key": key})).status_code == 200
+        assert quiet.accepted_by_key == {}
+        assert quiet.stats()["accepted_total"] == 3
+
+
 def test_api_key_value_never_appears_in_any_response() -> None:
     secret, wrong = "sk-live-SECRET-91c2", "sk-live-WRONG-55aa"
     seen: list[str] = []
