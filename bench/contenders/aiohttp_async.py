@@ -13,11 +13,10 @@ import sys
 import time
 
 import aiohttp
-from common import HEADERS, Tally, encode, parse_args, read_bodies, report
+from common import HEADERS, Tally, encode, parse_args, read_bodies, report, spawn_bounded
 
 
 async def send_all(url: str, bodies: list[bytes], concurrency: int, tally: Tally) -> None:
-    limit = asyncio.Semaphore(concurrency)
     connector = aiohttp.TCPConnector(limit=concurrency)
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(headers=HEADERS, connector=connector, timeout=timeout) as session:
@@ -32,17 +31,8 @@ async def send_all(url: str, bodies: list[bytes], concurrency: int, tally: Tally
                         tally.fail(f"HTTP {response.status}")
             except (aiohttp.ClientError, TimeoutError) as exc:
                 tally.fail(type(exc).__name__)
-            finally:
-                limit.release()
 
-        tasks: set[asyncio.Task[None]] = set()
-        for body in bodies:
-            await limit.acquire()
-            task = asyncio.create_task(send(body))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        if tasks:
-            await asyncio.wait(tasks)
+        await spawn_bounded(bodies, concurrency, send)
 
 
 def main() -> int:

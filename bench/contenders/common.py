@@ -9,10 +9,12 @@ rows of CSV to `BASE_URL/v1/messages/contact` with at most CONCURRENCY requests 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import csv
 import json
 import os
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,3 +109,24 @@ def report(job: Job, tally: Tally, send_s: float) -> int:
     if not complete and tally.first_error is None:
         print(f"only {tally.sent} of {job.rows} rows were read or sent", file=sys.stderr)
     return 0 if complete else 1
+
+
+async def spawn_bounded(items: list[Any], concurrency: int, send: Callable[[Any], Awaitable[None]]) -> None:
+    """One task per item, each started only once the semaphore has room - what a user writes around an async
+    client - so at most `concurrency` tasks exist at once and memory stays flat however many rows there are."""
+    limit = asyncio.Semaphore(concurrency)
+
+    async def guarded(item: Any) -> None:
+        try:
+            await send(item)
+        finally:
+            limit.release()
+
+    tasks: set[asyncio.Task[None]] = set()
+    for item in items:
+        await limit.acquire()
+        task = asyncio.create_task(guarded(item))
+        tasks.add(task)  # keep a reference: the loop holds tasks only weakly
+        task.add_done_callback(tasks.discard)
+    if tasks:
+        await asyncio.wait(tasks)

@@ -13,11 +13,10 @@ import sys
 import time
 
 import httpx
-from common import HEADERS, Tally, encode, parse_args, read_bodies, report
+from common import HEADERS, Tally, encode, parse_args, read_bodies, report, spawn_bounded
 
 
 async def send_all(url: str, bodies: list[bytes], concurrency: int, tally: Tally) -> None:
-    limit = asyncio.Semaphore(concurrency)
     pool = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     # trust_env=False: no proxy from the environment may sit between us and the local mock
     async with httpx.AsyncClient(headers=HEADERS, limits=pool, timeout=30, trust_env=False) as client:
@@ -32,17 +31,8 @@ async def send_all(url: str, bodies: list[bytes], concurrency: int, tally: Tally
                     tally.ok()
                 else:
                     tally.fail(f"HTTP {response.status_code}")
-            finally:
-                limit.release()
 
-        tasks: set[asyncio.Task[None]] = set()
-        for body in bodies:
-            await limit.acquire()
-            task = asyncio.create_task(send(body))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        if tasks:
-            await asyncio.wait(tasks)
+        await spawn_bounded(bodies, concurrency, send)
 
 
 def main() -> int:

@@ -17,11 +17,10 @@ from typing import Any
 
 import httpx
 import sent_dm
-from common import API_KEY, MESSAGES_PATH, SENDER_ID, Tally, parse_args, read_bodies, report
+from common import API_KEY, MESSAGES_PATH, SENDER_ID, Tally, parse_args, read_bodies, report, spawn_bounded
 
 
 async def send_all(base_url: str, bodies: list[dict[str, Any]], concurrency: int, tally: Tally) -> None:
-    limit = asyncio.Semaphore(concurrency)
     options: sent_dm.RequestOptions = {"headers": {"x-sender-id": SENDER_ID}}
     async with sent_dm.AsyncSent(api_key=API_KEY, base_url=base_url) as client:
 
@@ -36,17 +35,8 @@ async def send_all(base_url: str, bodies: list[dict[str, Any]], concurrency: int
                 tally.fail(type(exc).__name__)
             else:
                 tally.ok()
-            finally:
-                limit.release()
 
-        tasks: set[asyncio.Task[None]] = set()
-        for body in bodies:
-            await limit.acquire()
-            task = asyncio.create_task(send(body))
-            tasks.add(task)  # keep a reference: the loop holds tasks only weakly
-            task.add_done_callback(tasks.discard)
-        if tasks:
-            await asyncio.wait(tasks)
+        await spawn_bounded(bodies, concurrency, send)
 
 
 def main() -> int:
