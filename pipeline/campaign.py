@@ -310,7 +310,7 @@ def run_campaign(
         return _summarise(spec, totals, _Tally(None), RunControl(), options, path, None, (0, 0), 0.0, started)
 
     # fail on a bad input before anything is sent (the first batch is read again when sending starts)
-    source.open_contacts(spec.input, spec.input_format, required=spec.message.columns())
+    contacts = source.open_contacts(spec.input, spec.input_format, required=spec.message.columns())
     results.check_writable(spec.output.results)
     if options.shard is None:
         check_shard_layout(state_path(spec), spec.name, None)
@@ -320,7 +320,9 @@ def run_campaign(
         control = RunControl()
         jobs = _jobs(spec, options, store, tally, control)
         send_started = time.monotonic()
-        _send(spec, jobs, store, tally, control, options)
+        # a shard's share of the rows is not known before reading them
+        total = contacts.total_rows if options.shard is None else None
+        _send(spec, jobs, total, store, tally, control, options)
         send_wall_s = time.monotonic() - send_started
         if tally.input_error is not None:
             # the results pass would stop at the same line: keep the state, report the line, and let a rerun on
@@ -522,6 +524,7 @@ def _final_outcomes(batch: PreparedBatch, recorded: pl.DataFrame, not_sent_reaso
 def _send(
     spec: CampaignSpec,
     jobs: Iterator[SendJob],
+    total_rows: int | None,
     store: StateStore,
     tally: _Tally,
     control: RunControl,
@@ -552,8 +555,7 @@ def _send(
         # without an explicit burst, allow about one second's worth (at least one request)
         pacer = Pacer(rate_per_s=rate, burst=send.burst or max(1, int(rate or 1)))
         if tally.progress is not None:
-            total = source.open_contacts(spec.input, spec.input_format, required=()).total_rows
-            tally.progress.start(total if options.shard is None else None)
+            tally.progress.start(total_rows)
         try:
             anyio.run(_send_async, jobs, config, pacer, store, tally, control, options)
         finally:
