@@ -309,7 +309,7 @@ def run_campaign(
         totals = _write_results(spec, options, path, None, "dry run: not sent", after_sending=False)
         return _summarise(spec, totals, _Tally(None), RunControl(), options, path, None, (0, 0), 0.0, started)
 
-    # fail on a bad input before anything is sent (the first batch is read again when sending starts)
+    # a missing file, a bad header or a missing column fails here, before anything is sent
     contacts = source.open_contacts(spec.input, spec.input_format, required=spec.message.columns())
     results.check_writable(spec.output.results)
     if options.shard is None:

@@ -130,3 +130,22 @@ def test_merge_refuses_shards_of_another_campaign(
     code, _, err = cli("merge", spec)
     assert code == 2
     assert "belong to campaign 'other', not 'test-campaign'" in err
+
+
+def test_a_bad_rate_override_is_a_usage_error(cli: Cli) -> None:
+    code, out, err = cli("run", "configs/campaign.yaml", "--rate", "fast")
+    assert (code, out) == (2, "")
+    assert err == "error: --rate: rate 'fast' is not like '300/min' or '5/s'\n"
+
+
+def test_retry_within_a_shard_touches_only_that_shards_rows(
+    cli: Cli, make_campaign: MakeCampaign, sandbox: SandboxServer
+) -> None:
+    spec = make_campaign(contact_rows(12), api=api(sandbox.url))
+    for i in range(2):
+        assert cli("run", spec, "--shard", f"{i}/2")[0] == 0
+    before = sandbox.accepted_total
+    assert cli("retry", spec, "--shard", "0/2")[0] == 0  # nothing failed: nothing to resend
+    assert sandbox.accepted_total == before
+    shard0 = pl.read_csv(spec.parent / "out" / "results.shard-0-of-2.csv", infer_schema=False)
+    assert set(shard0["result_status"]) == {"sent"}
