@@ -143,7 +143,8 @@ class SeenKeys:
             same_hi = inside & (run_hi.gather(index) == hi)
             exact = same_hi & (run_lo.gather(index) == lo)
             found = found | exact
-            # keys sharing their first 60 bits (about one in 10^18 pairs): look past the first match
+            # contents whose 64-bit hashes agree (about one pair in 10^19): runs are sorted by that hash only, so
+            # look at every entry that shares it
             for i in (same_hi & ~exact).arg_true():
                 j = int(index[i]) + 1
                 while j < run.height and run_hi[j] == hi[i]:
@@ -154,10 +155,10 @@ class SeenKeys:
         return found
 
     def _add(self, keys: pl.DataFrame) -> None:
-        self._runs.append(keys.sort("hi", "lo"))
+        self._runs.append(keys.sort("hi"))
         while len(self._runs) >= 2:
             last, before = self._runs[-1], self._runs[-2]
             merged_size = last.height + before.height
             if last.height < before.height // 2 or merged_size > self._MAX_RUN:
                 break
-            self._runs[-2:] = [pl.concat([before, last]).sort("hi", "lo")]
+            self._runs[-2:] = [pl.concat([before, last]).sort("hi")]

@@ -144,3 +144,10 @@ def test_a_broken_line_found_while_sending_stops_the_run_and_a_fixed_rerun_finis
         assert server.accepted_total == 60
         assert sorted(set(server.accepted_by_key.values())) == [1]
         assert f"Resumed: {sent_before} row(s)" in out
+
+
+def test_seen_keys_tell_apart_contents_whose_first_hash_collides() -> None:
+    seen = SeenKeys()
+    seen._add(pl.DataFrame({"hi": [5, 9, 5, 5], "lo": [1, 1, 2, 3]}, schema={"hi": pl.UInt64, "lo": pl.UInt32}))
+    probe = pl.DataFrame({"hi": [5, 5, 7, 9], "lo": [3, 4, 1, 1]}, schema={"hi": pl.UInt64, "lo": pl.UInt32})
+    assert seen._contains(probe).to_list() == [True, False, False, True]
