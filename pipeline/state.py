@@ -26,23 +26,19 @@ import anyio
 import polars as pl
 
 from pipeline.errors import CampaignBusy, OutputError
+from pipeline.results import RESULT_SCHEMA
 
 SCHEMA_VERSION = "1"
 IN_FLIGHT = "in_flight"
 PENDING = "pending"
 _LOST_IN_FLIGHT = "the process stopped while this request was in flight; it may have been delivered"
 
-# Columns of the `messages` table that become result columns, in results order.
+# What lookup() returns: the row's key, how its last answer was classified, and the result columns it fills (typed as
+# in the results file, so the two join without casts). The SELECT in lookup() lists them in this order.
 OUTCOME_COLUMNS: dict[str, type[pl.DataType]] = {
     "idempotency_key": pl.String,
-    "result_status": pl.String,
     "result_verdict": pl.String,
-    "result_http_status": pl.Int64,
-    "result_message_id": pl.String,
-    "result_error": pl.String,
-    "result_attempts": pl.Int64,
-    "result_sent_at": pl.String,
-    "result_latency_ms": pl.Float64,
+    **{name: dtype for name, dtype in RESULT_SCHEMA.items() if name != "result_row"},
 }
 
 _SCHEMA = """
@@ -173,7 +169,7 @@ class StateStore:
             db.execute("DELETE FROM wanted")
             db.executemany("INSERT OR IGNORE INTO wanted VALUES (?)", ((k,) for k in keys))
         cursor = db.execute(
-            "SELECT m.idempotency_key, status, verdict, http_status, message_id, error, attempts, sent_at, latency_ms "
+            "SELECT m.idempotency_key, verdict, status, http_status, message_id, error, attempts, sent_at, latency_ms "
             "FROM wanted JOIN messages AS m USING (idempotency_key)"
         )
         return pl.DataFrame(cursor.fetchall(), schema=OUTCOME_COLUMNS, orient="row")

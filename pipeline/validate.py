@@ -117,16 +117,10 @@ class SeenKeys:
         )
         seen = self._contains(split)
         if seen.any():
-            repeated = split.filter(seen)[ROW]
+            repeated = pl.col(ROW).is_in(split.filter(seen)[ROW].implode())
             checked = checked.with_columns(
-                pl.when(pl.col(ROW).is_in(repeated.implode()))
-                .then(pl.lit(DUPLICATE))
-                .otherwise(pl.col(STATUS))
-                .alias(STATUS),
-                pl.when(pl.col(ROW).is_in(repeated.implode()))
-                .then(pl.lit("duplicate of an earlier row"))
-                .otherwise(pl.col(ERROR))
-                .alias(ERROR),
+                pl.when(repeated).then(pl.lit(DUPLICATE)).otherwise(pl.col(STATUS)).alias(STATUS),
+                pl.when(repeated).then(pl.lit("duplicate of an earlier row")).otherwise(pl.col(ERROR)).alias(ERROR),
             )
             split = split.filter(~seen)
         self._add(split.select("hi", "lo"))

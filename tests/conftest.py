@@ -38,6 +38,11 @@ def write_csv(path: Path, rows: Sequence[dict[str, str]], *, fieldnames: Sequenc
     return path
 
 
+def api_section(url: str, **extra: object) -> dict[str, object]:
+    """A spec's `api:` pointing at a test server, credentials read from the environment (see `credentials`)."""
+    return {"base_url": url, "sender_id": "${SENT_DM_SENDER_ID}", "api_key": "${SENT_DM_API_KEY}", **extra}
+
+
 def spec_data(**overrides: Any) -> dict[str, Any]:
     """A complete spec as a dict; top-level sections in `overrides` are merged one level deep."""
     data: dict[str, Any] = {

@@ -14,7 +14,7 @@ from typing import Any
 import polars as pl
 import pytest
 
-from tests.conftest import API_KEY, contact_rows
+from tests.conftest import API_KEY, api_section, contact_rows
 from tests.fault_server import Fault, FaultServer, Reply, Request, Script, chaos, per_key, sequence
 
 Cli = Callable[..., tuple[int, str, str]]
@@ -43,12 +43,7 @@ class Campaign:
     def run(self, url: str, rows: int = 1, *, timeout_s: float = 5, **send: Any) -> int:
         self.spec = self.make_campaign(
             contact_rows(rows),
-            api={
-                "base_url": url,
-                "sender_id": "${SENT_DM_SENDER_ID}",
-                "api_key": "${SENT_DM_API_KEY}",
-                "timeout_s": timeout_s,
-            },
+            api=api_section(url, timeout_s=timeout_s),
             send={"concurrency": 1, "backoff_s": 0, "max_attempts": 3, **send},
         )
         code, self.out, self.err = self.cli("run", self.spec, "--summary-json", self.spec.parent / "summary.json")

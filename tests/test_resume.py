@@ -19,7 +19,7 @@ import pytest
 from pipeline.campaign import prepare_campaign
 from pipeline.spec import load_spec
 from pipeline.state import StateStore
-from tests.conftest import contact_rows, write_csv
+from tests.conftest import api_section, contact_rows, write_csv
 from tests.fault_server import Fault, FaultServer, Reply, Request, chaos
 
 Cli = Callable[..., tuple[int, str, str]]
@@ -57,7 +57,7 @@ def server() -> Iterator[FaultServer]:
 def make_spec(make_campaign: MakeCampaign, url: str, rows: int, **send: object) -> Path:
     return make_campaign(
         contact_rows(rows),
-        api={"base_url": url, "sender_id": "${SENT_DM_SENDER_ID}", "api_key": "${SENT_DM_API_KEY}", "timeout_s": 5},
+        api=api_section(url, timeout_s=5),
         send={"concurrency": 4, "backoff_s": 0, **send},
     )
 

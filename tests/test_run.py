@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 
 from pipeline.sandbox import SandboxServer
-from tests.conftest import API_KEY, SENDER, TEMPLATE, contact_rows, guid
+from tests.conftest import API_KEY, SENDER, TEMPLATE, api_section, contact_rows, guid
 
 Cli = Callable[..., tuple[int, str, str]]
 MakeCampaign = Callable[..., Path]
@@ -25,10 +25,6 @@ def sandbox() -> Iterator[SandboxServer]:
 
 
 pytestmark = pytest.mark.usefixtures("credentials")
-
-
-def api(url: str, **extra: object) -> dict[str, object]:
-    return {"base_url": url, "sender_id": "${SENT_DM_SENDER_ID}", "api_key": "${SENT_DM_API_KEY}", **extra}
 
 
 def results_of(spec: Path, name: str = "out/results.csv") -> pl.DataFrame:
@@ -77,7 +73,7 @@ def test_the_server_receives_exactly_the_seed_request(
     cli: Cli, make_campaign: MakeCampaign, sandbox: SandboxServer
 ) -> None:
     rows = [*contact_rows(3), contact_rows(1)[0]]  # the 4th row repeats the 1st
-    spec = make_campaign(rows, api=api(sandbox.url))
+    spec = make_campaign(rows, api=api_section(sandbox.url))
     code, _, err = cli("run", spec)
     assert code == 0, err
     expected = [
@@ -104,7 +100,7 @@ def test_results_in_every_format_have_one_row_per_input_row(
     cli: Cli, make_campaign: MakeCampaign, sandbox: SandboxServer, suffix: str
 ) -> None:
     rows = [*contact_rows(4), {"contact_id": "nope", "first_name": "X", "order_id": "1"}]
-    spec = make_campaign(rows, api=api(sandbox.url), output={"results": f"out/results{suffix}"})
+    spec = make_campaign(rows, api=api_section(sandbox.url), output={"results": f"out/results{suffix}"})
     code, _, _ = cli("run", spec)
     assert code == 1
     table = results_of(spec, f"out/results{suffix}")
@@ -129,7 +125,7 @@ def test_results_in_every_format_have_one_row_per_input_row(
 def test_dry_run_sends_nothing_and_never_overwrites_real_results(
     cli: Cli, make_campaign: MakeCampaign, sandbox: SandboxServer
 ) -> None:
-    spec = make_campaign(api=api(sandbox.url))
+    spec = make_campaign(api=api_section(sandbox.url))
     code, out, _ = cli("run", spec, "--dry-run")
     assert code == 0
     assert sandbox.requests_total == 0
@@ -141,7 +137,7 @@ def test_dry_run_sends_nothing_and_never_overwrites_real_results(
 
 
 def test_limit_sends_only_the_first_n_valid_rows(cli: Cli, make_campaign: MakeCampaign, sandbox: SandboxServer) -> None:
-    spec = make_campaign(contact_rows(10), api=api(sandbox.url))
+    spec = make_campaign(contact_rows(10), api=api_section(sandbox.url))
     code, _, _ = cli("run", spec, "--limit", "3")
     assert code == 1
     assert sandbox.accepted_total == 3
@@ -156,7 +152,7 @@ def test_failed_rows_of_a_results_file_are_a_valid_input_for_the_same_spec(
     rows = contact_rows(4)
     rows[1]["first_name"] = "=HYPERLINK(evil)"
     rows[2]["first_name"] = "-minus"
-    spec = make_campaign(rows, api=api(sandbox.url))
+    spec = make_campaign(rows, api=api_section(sandbox.url))
     cli("run", spec, "--limit", "2")
     raw = (spec.parent / "out" / "results.csv").read_text()
     assert ",'=HYPERLINK(evil)," in raw

@@ -15,7 +15,7 @@ from pipeline.campaign import prepare_campaign
 from pipeline.sandbox import SandboxServer
 from pipeline.shard import Shard
 from pipeline.spec import load_spec
-from tests.conftest import contact_rows, write_csv
+from tests.conftest import api_section, contact_rows, write_csv
 
 Cli = Callable[..., tuple[int, str, str]]
 MakeCampaign = Callable[..., Path]
@@ -28,10 +28,6 @@ pytestmark = pytest.mark.usefixtures("credentials")
 def sandbox() -> Iterator[SandboxServer]:
     with SandboxServer(record_bodies=True) as server:
         yield server
-
-
-def api(url: str) -> dict[str, str]:
-    return {"base_url": url, "sender_id": "${SENT_DM_SENDER_ID}", "api_key": "${SENT_DM_API_KEY}"}
 
 
 def shard_rows(spec: Path, shard: Shard) -> list[int]:
@@ -70,7 +66,7 @@ def test_sharded_run_then_merge_gives_the_campaign_in_input_order(
     rows = contact_rows(40)
     rows[5]["first_name"] = "=cmd"
     rows[6]["contact_id"] = "bad"
-    spec = make_campaign(rows, api=api(sandbox.url), send={"concurrency": 4, "rate": "1000/s"})
+    spec = make_campaign(rows, api=api_section(sandbox.url), send={"concurrency": 4, "rate": "1000/s"})
     code, _, err = cli("merge", spec)
     assert code == 2
     assert "no shard results of results.csv to merge" in err
@@ -109,7 +105,7 @@ def test_each_shard_gets_a_share_of_the_rate(make_campaign: MakeCampaign) -> Non
 def test_changing_the_shard_count_of_a_campaign_is_refused(
     cli: Cli, make_campaign: MakeCampaign, sandbox: SandboxServer
 ) -> None:
-    spec = make_campaign(api=api(sandbox.url))
+    spec = make_campaign(api=api_section(sandbox.url))
     assert cli("run", spec, "--shard", "0/2")[0] == 0
     code, _, err = cli("run", spec, "--shard", "0/3")
     assert code == 2
@@ -122,7 +118,7 @@ def test_changing_the_shard_count_of_a_campaign_is_refused(
 def test_merge_refuses_shards_of_another_campaign(
     cli: Cli, make_campaign: MakeCampaign, sandbox: SandboxServer
 ) -> None:
-    spec = make_campaign(api=api(sandbox.url))
+    spec = make_campaign(api=api_section(sandbox.url))
     for i in range(2):
         cli("run", spec, "--shard", f"{i}/2")
     manifest = spec.parent / "out" / "results.shard-1-of-2.csv.manifest.json"
@@ -141,7 +137,7 @@ def test_a_bad_rate_override_is_a_usage_error(cli: Cli) -> None:
 def test_retry_within_a_shard_touches_only_that_shards_rows(
     cli: Cli, make_campaign: MakeCampaign, sandbox: SandboxServer
 ) -> None:
-    spec = make_campaign(contact_rows(12), api=api(sandbox.url))
+    spec = make_campaign(contact_rows(12), api=api_section(sandbox.url))
     for i in range(2):
         assert cli("run", spec, "--shard", f"{i}/2")[0] == 0
     before = sandbox.accepted_total

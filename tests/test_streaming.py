@@ -14,7 +14,7 @@ from pipeline.errors import InputError
 from pipeline.source import open_contacts, read_contacts
 from pipeline.spec import InputSpec
 from pipeline.validate import SeenKeys
-from tests.conftest import contact_rows, guid
+from tests.conftest import api_section, contact_rows, guid
 
 Cli = Callable[..., tuple[int, str, str]]
 
@@ -124,7 +124,7 @@ def test_a_broken_line_found_while_sending_stops_the_run_and_a_fixed_rerun_finis
     with SandboxServer() as server:
         spec = make_campaign(
             contact_rows(60),
-            api={"base_url": server.url, "sender_id": "${SENT_DM_SENDER_ID}", "api_key": "${SENT_DM_API_KEY}"},
+            api=api_section(server.url),
         )
         contacts = spec.parent / "contacts.csv"
         good = contacts.read_text()
