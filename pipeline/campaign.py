@@ -25,8 +25,9 @@ import polars as pl
 from pipeline import payload, results, source, validate
 from pipeline.errors import InputError, OutputError, UsageError
 from pipeline.limits import Pacer
-from pipeline.merge import write_shard_manifest
+from pipeline.merge import manifest_path, write_shard_manifest
 from pipeline.outcome import FAILED, NOT_ATTEMPTED, SENT, UNKNOWN, Verdict
+from pipeline.outputs import Kind, Output, check_outputs, dry_run_path
 from pipeline.sandbox import SandboxServer
 from pipeline.send import RunControl, SenderConfig, SendJob, SendOutcome, send_all
 from pipeline.shard import Shard
@@ -134,6 +135,8 @@ class _ReasonTally:
 def validate_campaign(spec: CampaignSpec, *, output: Path | None = None) -> ValidationReport:
     """Check every row and build every payload, sending nothing; with `output`, write each row's outcome in the
     results format (rows that would be sent are `not_attempted`)."""
+    if output is not None:
+        check_outputs(_inputs(spec), [Output("--output", output, Kind.RESULTS)])
     writer = results.ResultsWriter(output) if output is not None else None
     rows = valid = invalid = duplicates = 0
     reasons = _ReasonTally()
@@ -190,6 +193,7 @@ class RunOptions:
     transport: httpx.AsyncBaseTransport | None = None  # tests inject one; None = a real network client
     progress_interval_s: float = 0.2
     handle_signals: bool = True
+    summary_json: Path | None = None  # written by the caller; checked here with the other outputs before any reading
 
 
 @dataclass(frozen=True)
@@ -250,11 +254,6 @@ class _Tally:
         self.counts["not sent now"] += rows
 
 
-def dry_run_path(path: Path) -> Path:
-    """Where a dry run writes its results: beside the real file, never over it."""
-    return path.with_name(f"{path.stem}.dry-run{path.suffix}")
-
-
 def state_path(spec: CampaignSpec) -> Path:
     return spec.output.state or state_path_for(spec.output.results, spec.name)
 
@@ -303,6 +302,7 @@ def run_campaign(
         spec = shard_spec(spec, options.shard)
     if options.rate is not None:
         spec = spec.model_copy(update={"send": spec.send.model_copy(update={"rate": options.rate})})
+    check_outputs(_inputs(spec), _run_outputs(spec, options))
     if options.dry_run:
         path = dry_run_path(spec.output.results)
         results.check_writable(path)
@@ -358,6 +358,30 @@ def run_campaign(
         send_wall_s,
         started,
     )
+
+
+def _inputs(spec: CampaignSpec) -> list[tuple[str, Path]]:
+    return [("input.path", spec.input.path), ("the job spec", spec.spec_path)]
+
+
+def _run_outputs(spec: CampaignSpec, options: RunOptions) -> list[Output]:
+    """Every file a run (as `options` shape it) writes: checked together before anything is read or sent."""
+    if options.dry_run:
+        outputs = [Output("the dry run's results", dry_run_path(spec.output.results), Kind.RESULTS)]
+    else:
+        state = state_path(spec)
+        outputs = [
+            Output(
+                "output.results" if options.shard is None else "the shard's results", spec.output.results, Kind.RESULTS
+            ),
+            Output("output.state" if options.shard is None else "the shard's state", state, Kind.STATE),
+            Output("the state's lock file", state.with_name(state.name + ".lock"), Kind.OWN),
+        ]
+        if options.shard is not None:
+            outputs.append(Output("the shard manifest", manifest_path(spec.output.results), Kind.OWN))
+    if options.summary_json is not None:
+        outputs.append(Output("--summary-json", options.summary_json, Kind.SUMMARY))
+    return outputs
 
 
 @contextlib.contextmanager

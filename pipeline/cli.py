@@ -244,14 +244,22 @@ def _run(args: argparse.Namespace, retry: RetrySelection | None = None) -> int:
             parse_rate(args.rate)
         except ValueError as exc:
             raise errors.UsageError(f"--rate: {exc}") from None
-    options = RunOptions(dry_run=args.dry_run, limit=args.limit, retry=retry, shard=args.shard, rate=args.rate)
+    summary_json = Path(args.summary_json).resolve() if args.summary_json else None
+    options = RunOptions(
+        dry_run=args.dry_run,
+        limit=args.limit,
+        retry=retry,
+        shard=args.shard,
+        rate=args.rate,
+        summary_json=summary_json,
+    )
     summary = run_campaign(spec, options, progress=progress)
     if args.log_format == "json":
         emit_json(sys.stdout, "summary", **summary.to_json())
     else:
         print(format_summary(summary))
-    if args.summary_json:
-        _write_json(Path(args.summary_json), summary)
+    if summary_json is not None:
+        _write_json(summary_json, summary)
     return _run_exit_code(summary)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import polars as pl
 
 from pipeline.errors import OutputError, UsageError
+from pipeline.outputs import Kind, Output, check_outputs
 from pipeline.results import RESULT_SCHEMA, write_results
 from pipeline.shard import Shard
 from pipeline.source import unescape_formulas
@@ -80,7 +81,11 @@ def merge_shards(spec: CampaignSpec) -> MergeSummary:
             f"{target.parent}: cannot merge {target.name}: shard(s) {', '.join(map(str, missing))} of {count} "
             "have no results yet. Hint: run them with `run SPEC --shard I/N`, then merge."
         )
-    frames = [_read(shards[i].with_name(shards[i].name.removesuffix(MANIFEST_SUFFIX))) for i in range(count)]
+    parts = [shards[i].with_name(shards[i].name.removesuffix(MANIFEST_SUFFIX)) for i in range(count)]
+    inputs = [("input.path", spec.input.path), ("the job spec", spec.spec_path)]
+    inputs += [(f"the results of shard {i}", part) for i, part in enumerate(parts)]
+    check_outputs(inputs, [Output("output.results", target, Kind.RESULTS)])
+    frames = [_read(part) for part in parts]
     merged = pl.concat(frames, how="vertical_relaxed").sort("result_row")
     if merged["result_row"].is_duplicated().any():
         raise UsageError(f"{target.parent}: shard results overlap (a row appears in two shards); not merging.")
