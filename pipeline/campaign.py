@@ -303,6 +303,10 @@ def run_campaign(
     if options.rate is not None:
         spec = spec.model_copy(update={"send": spec.send.model_copy(update={"rate": options.rate})})
     check_outputs(_inputs(spec), _run_outputs(spec, options))
+    missing = [] if options.dry_run else spec.api.missing_credentials()
+    if missing:
+        # load_spec(offline=True) lets a spec without credentials through for commands that send nothing
+        raise UsageError(f"{spec.spec_path}: api.{missing[0]} is required to send (only --dry-run works without it)")
     if options.dry_run:
         path = dry_run_path(spec.output.results)
         results.check_writable(path)

@@ -28,7 +28,7 @@ from pipeline.merge import merge_shards
 from pipeline.progress import BarProgress, JsonProgress, LogProgress, emit_json, format_summary
 from pipeline.sandbox import serve_forever
 from pipeline.shard import Shard
-from pipeline.spec import CampaignSpec, load_spec, parse_rate
+from pipeline.spec import CampaignSpec, Note, load_spec, parse_rate
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -189,18 +189,21 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _load(path: str, *, as_json: bool = False) -> CampaignSpec:
-    spec, warnings = load_spec(path)
+def _load(path: str, *, as_json: bool = False, offline: bool = False) -> CampaignSpec:
+    """The spec, with its warnings printed. `offline`: the command makes no network call, so the credentials may
+    be left unset."""
+    spec, warnings = load_spec(path, offline=offline)
     for warning in warnings:
+        kind = "note" if isinstance(warning, Note) else "warning"
         if as_json:
-            emit_json(sys.stderr, "warning", message=warning)
+            emit_json(sys.stderr, kind, message=str(warning))
         else:
-            print(f"warning: {warning}", file=sys.stderr)
+            print(f"{kind}: {warning}", file=sys.stderr)
     return spec
 
 
 def _validate(args: argparse.Namespace) -> int:
-    spec = _load(args.spec, as_json=args.log_format == "json")
+    spec = _load(args.spec, as_json=args.log_format == "json", offline=True)
     output = Path(args.output).resolve() if args.output else None
     report = validate_campaign(spec, output=output)
     if args.log_format == "json":
@@ -231,7 +234,7 @@ def _print_validation(spec: CampaignSpec, report: ValidationReport, out: TextIO)
 
 
 def _run(args: argparse.Namespace, retry: RetrySelection | None = None) -> int:
-    spec = _load(args.spec, as_json=args.log_format == "json")
+    spec = _load(args.spec, as_json=args.log_format == "json", offline=args.dry_run)
     progress: ProgressSink
     if args.log_format == "json":
         progress = JsonProgress(sys.stderr)

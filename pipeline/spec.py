@@ -9,6 +9,7 @@ import codecs
 import difflib
 import os
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
@@ -138,17 +139,24 @@ class ApiSpec(_Strict):
 
     @model_validator(mode="after")
     def _credentials(self) -> ApiSpec:
+        # whether credentials are required depends on the command (validate and --dry-run send nothing): see
+        # load_spec; here only their form is checked
         if self.is_sandbox:
             return self
         if self.sandbox is not None:
             raise ValueError("`sandbox:` options apply only when base_url is 'sandbox'")
-        if not self.sender_id:
-            raise ValueError("sender_id is required when base_url is not 'sandbox' (use ${SENT_DM_SENDER_ID})")
-        if not re.match(GUID_PATTERN, self.sender_id):
+        if self.sender_id and not re.match(GUID_PATTERN, self.sender_id):
             raise ValueError("sender_id is not a GUID (like 6ba7b810-9dad-11d1-80b4-00c04fd430c8)")
-        if self.api_key is None or not self.api_key.get_secret_value():
-            raise ValueError("api_key is required when base_url is not 'sandbox' (use ${SENT_DM_API_KEY})")
         return self
+
+    def missing_credentials(self) -> list[str]:
+        """The credential keys a request to a real API needs that this spec leaves empty."""
+        if self.is_sandbox:
+            return []
+        missing = [] if self.sender_id else ["sender_id"]
+        if self.api_key is None or not self.api_key.get_secret_value():
+            missing.append("api_key")
+        return missing
 
     @property
     def is_sandbox(self) -> bool:
@@ -233,8 +241,33 @@ _HINTS = {
 }
 
 
-def load_spec(path: str | Path, *, environ: dict[str, str] | None = None) -> tuple[CampaignSpec, list[str]]:
-    """Read, interpolate and validate a job spec. Returns the spec and any warnings; raises SpecError."""
+class Note(str):
+    """A remark about the spec that is not a problem (printed as `note:`, where other warnings say `warning:`)."""
+
+    __slots__ = ()
+
+
+# the keys a request needs and validate / --dry-run do not: an unset variable there is a note for those commands
+_CREDENTIAL_KEYS = {"api.sender_id": "sender_id", "api.api_key": "api_key"}
+_CREDENTIAL_VARIABLES = {"sender_id": "SENT_DM_SENDER_ID", "api_key": "SENT_DM_API_KEY"}
+
+
+@dataclass
+class _EnvRefs:
+    """What interpolation found: the variables each key read, and the ones that are not set."""
+
+    used: dict[str, list[str]] = field(default_factory=dict)  # dotted key -> variable names it reads
+    unset: list[tuple[str, str]] = field(default_factory=list)  # (dotted key, variable) without a default
+
+
+def load_spec(
+    path: str | Path, *, environ: dict[str, str] | None = None, offline: bool = False
+) -> tuple[CampaignSpec, list[str]]:
+    """Read, interpolate and validate a job spec. Returns the spec and any warnings (`Note`s among them); raises
+    SpecError listing every problem at once.
+
+    `offline` is for commands that make no network call (validate, run --dry-run): the API credentials are not
+    needed then, so leaving them unset is a note, not an error."""
     spec_path = Path(path)
     env = dict(os.environ) if environ is None else environ
     try:
@@ -268,11 +301,27 @@ def load_spec(path: str | Path, *, environ: dict[str, str] | None = None) -> tup
             f"{spec_path}: api.api_key is written in the spec. Secrets belong in the environment: "
             "write `api_key: ${SENT_DM_API_KEY}` and export the variable."
         )
-    data = _interpolate(raw, env, spec_path, ())
+    refs = _EnvRefs()
+    data = _interpolate(raw, env, refs, ())
+    unset = refs.unset
+    if offline:
+        for key, name in [u for u in unset if u[0] in _CREDENTIAL_KEYS]:
+            warnings.append(
+                Note(
+                    f"{spec_path}: {key}: environment variable {name} is not set; this command sends nothing, so "
+                    "it is not needed now (`run` will need it)."
+                )
+            )
+            data["api"].pop(_CREDENTIAL_KEYS[key], None)
+        unset = [u for u in unset if u[0] not in _CREDENTIAL_KEYS]
+    if unset:
+        raise SpecError(_unset_message(spec_path, unset))
     try:
         spec = CampaignSpec.model_validate(data)
     except ValidationError as exc:
         raise SpecError(_format_validation_error(spec_path, exc, data)) from None
+    if not offline:
+        _require_credentials(spec_path, spec.api, refs, env)
     base = spec_path.resolve().parent
     resolved = spec.model_copy(
         update={
@@ -289,12 +338,49 @@ def load_spec(path: str | Path, *, environ: dict[str, str] | None = None) -> tup
     return resolved, warnings
 
 
-def _interpolate(node: Any, env: dict[str, str], spec_path: Path, key_path: tuple[str | int, ...]) -> Any:
-    """Replace ${VAR} and ${VAR:-default} in every string; `$$` is a literal dollar sign."""
+def _unset_message(spec_path: Path, unset: list[tuple[str, str]]) -> str:
+    if len(unset) == 1:
+        key, name = unset[0]
+        return (
+            f"{spec_path}: {key}: environment variable {name} is not set. "
+            f"Hint: export {name}=... before running, or write ${{{name}:-default}} in the spec."
+        )
+    names = list(dict.fromkeys(name for _, name in unset))
+    lines = [f"{spec_path}: {len(names)} environment variables are not set:"]
+    lines += [f"  {key}: {name}" for key, name in unset]
+    lines.append(
+        f"Hint: export {', '.join(f'{n}=...' for n in names)} before running, or write ${{NAME:-default}} in the spec."
+    )
+    return "\n".join(lines)
+
+
+def _require_credentials(spec_path: Path, api: ApiSpec, refs: _EnvRefs, env: dict[str, str]) -> None:
+    """A command that sends needs both credentials; name the variable when it is set but empty."""
+    problems = []
+    for field_name in api.missing_credentials():
+        key = f"api.{field_name}"
+        empty = [name for name in refs.used.get(key, []) if env.get(name) == ""]
+        if empty:
+            problems.append(
+                f"  {key}: environment variable {empty[0]} is set but empty. Hint: export {empty[0]}=<your "
+                f"{'key' if field_name == 'api_key' else 'sender id'}> (from the Sent.dm dashboard)."
+            )
+        else:
+            problems.append(
+                f"  api: {field_name} is required when base_url is not 'sandbox' "
+                f"(use ${{{_CREDENTIAL_VARIABLES[field_name]}}})"
+            )
+    if problems:
+        raise SpecError("\n".join([f"{spec_path}: the job spec is invalid:", *problems]))
+
+
+def _interpolate(node: Any, env: dict[str, str], refs: _EnvRefs, key_path: tuple[str | int, ...]) -> Any:
+    """Replace ${VAR} and ${VAR:-default} in every string; `$$` is a literal dollar sign. Unset variables without a
+    default are collected in `refs` (all of them, so one message can name them all)."""
     if isinstance(node, dict):
-        return {k: _interpolate(v, env, spec_path, (*key_path, str(k))) for k, v in node.items()}
+        return {k: _interpolate(v, env, refs, (*key_path, str(k))) for k, v in node.items()}
     if isinstance(node, list):
-        return [_interpolate(v, env, spec_path, (*key_path, i)) for i, v in enumerate(node)]
+        return [_interpolate(v, env, refs, (*key_path, i)) for i, v in enumerate(node)]
     if not isinstance(node, str) or "$" not in node:
         return node
 
@@ -302,14 +388,13 @@ def _interpolate(node: Any, env: dict[str, str], spec_path: Path, key_path: tupl
         if match.group(0) == "$$":
             return "$"
         name, default = match.group(1), match.group(2)
+        refs.used.setdefault(_dotted(key_path), []).append(name)
         if name in env:
             return env[name]
         if default is not None:
             return default
-        raise SpecError(
-            f"{spec_path}: {_dotted(key_path)}: environment variable {name} is not set. "
-            f"Hint: export {name}=... before running, or write ${{{name}:-default}} in the spec."
-        )
+        refs.unset.append((_dotted(key_path), name))
+        return ""
 
     return _ENV_REF.sub(substitute, node)
 

@@ -153,7 +153,8 @@ def test_real_api_needs_credentials_but_the_sandbox_does_not(tmp_path: Path) -> 
     path = write(tmp_path, spec_data(api={"base_url": "https://api.sent.dm"}))
     assert error_of(path) == (
         f"{path}: the job spec is invalid:\n"
-        "  api: sender_id is required when base_url is not 'sandbox' (use ${SENT_DM_SENDER_ID})"
+        "  api: sender_id is required when base_url is not 'sandbox' (use ${SENT_DM_SENDER_ID})\n"
+        "  api: api_key is required when base_url is not 'sandbox' (use ${SENT_DM_API_KEY})"
     )
     path = write(tmp_path, spec_data(api={"base_url": "https://api.sent.dm", "sender_id": "abc", "api_key": "${K}"}))
     assert error_of(path, {"K": "x"}) == (
@@ -209,3 +210,53 @@ def test_yaml_numbers_as_literal_values_become_text(tmp_path: Path) -> None:
     data["message"]["variables"]["code"] = {"value": 7}
     spec, _ = load_spec(write(tmp_path, data), environ={})
     assert spec.message.variables["code"].value == "7"
+
+
+def test_every_unset_variable_is_named_at_once(tmp_path: Path) -> None:
+    data = spec_data(
+        name="${CAMPAIGN}",
+        api={"base_url": "https://api.sent.dm", "sender_id": "${SENT_DM_SENDER_ID}", "api_key": "${SENT_DM_API_KEY}"},
+    )
+    path = write(tmp_path, data)
+    assert error_of(path, {}) == (
+        f"{path}: 3 environment variables are not set:\n"
+        "  name: CAMPAIGN\n"
+        "  api.sender_id: SENT_DM_SENDER_ID\n"
+        "  api.api_key: SENT_DM_API_KEY\n"
+        "Hint: export CAMPAIGN=..., SENT_DM_SENDER_ID=..., SENT_DM_API_KEY=... before running, "
+        "or write ${NAME:-default} in the spec."
+    )
+
+
+def test_an_empty_api_key_variable_says_it_is_set_but_empty(tmp_path: Path) -> None:
+    data = spec_data(api={"base_url": "https://api.sent.dm", "sender_id": SENDER, "api_key": "${SENT_DM_API_KEY}"})
+    path = write(tmp_path, data)
+    assert error_of(path, {"SENT_DM_API_KEY": ""}) == (
+        f"{path}: the job spec is invalid:\n"
+        "  api.api_key: environment variable SENT_DM_API_KEY is set but empty. "
+        "Hint: export SENT_DM_API_KEY=<your key> (from the Sent.dm dashboard)."
+    )
+
+
+def test_offline_commands_need_no_credentials_and_get_a_note(tmp_path: Path) -> None:
+    data = spec_data(
+        api={"base_url": "https://api.sent.dm", "sender_id": "${SENT_DM_SENDER_ID}", "api_key": "${SENT_DM_API_KEY}"}
+    )
+    path = write(tmp_path, data)
+    spec, notes = load_spec(path, environ={}, offline=True)
+    assert spec.api.missing_credentials() == ["sender_id", "api_key"]
+    assert [type(n).__name__ for n in notes] == ["Note", "Note"]
+    assert notes[1] == (
+        f"{path}: api.api_key: environment variable SENT_DM_API_KEY is not set; this command sends nothing, so it "
+        "is not needed now (`run` will need it)."
+    )
+    # other unset variables are still errors: they change what would be sent
+    data["name"] = "${CAMPAIGN}"
+    path = write(tmp_path, data)
+    assert "name: environment variable CAMPAIGN is not set" in error_of_offline(path)
+
+
+def error_of_offline(path: Path) -> str:
+    with pytest.raises(SpecError) as caught:
+        load_spec(path, environ={}, offline=True)
+    return str(caught.value)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
+import pytest
 
 from pipeline import __version__
 from tests.conftest import guid
@@ -102,3 +103,24 @@ def test_output_writes_each_rows_validation_outcome(cli: Cli, tmp_path: Path) ->
         ("not_attempted", 45),
     ]
     assert table.columns[:4] == ["contact_id", "first_name", "order_id", "carrier"]
+
+
+def test_validate_and_dry_run_need_no_credentials_and_send_nothing(
+    make_campaign: Callable[..., Path], cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SENT_DM_API_KEY", raising=False)
+    monkeypatch.delenv("SENT_DM_SENDER_ID", raising=False)
+    # nothing listens on this port: any request would fail the command
+    api = {"base_url": "http://127.0.0.1:9", "sender_id": "${SENT_DM_SENDER_ID}", "api_key": "${SENT_DM_API_KEY}"}
+    spec = make_campaign(api=api)
+    code, out, err = cli("validate", spec)
+    assert code == 0, err
+    assert "note: " in err and "SENT_DM_API_KEY is not set; this command sends nothing" in err
+    assert "  valid       5\n" in out
+    code, out, err = cli("run", spec, "--dry-run")
+    assert code == 0, err
+    assert "SENT_DM_SENDER_ID is not set; this command sends nothing" in err
+    code, _, err = cli("run", spec)
+    assert code == 2
+    assert "2 environment variables are not set" in err
+    assert "api.sender_id: SENT_DM_SENDER_ID" in err and "api.api_key: SENT_DM_API_KEY" in err
