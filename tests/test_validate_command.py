@@ -115,7 +115,8 @@ def test_validate_and_dry_run_need_no_credentials_and_send_nothing(
     spec = make_campaign(api=api)
     code, out, err = cli("validate", spec)
     assert code == 0, err
-    assert "note: " in err and "SENT_DM_API_KEY is not set; this command sends nothing" in err
+    assert "note: " in err
+    assert "SENT_DM_API_KEY is not set; this command sends nothing" in err
     assert "  valid       5\n" in out
     code, out, err = cli("run", spec, "--dry-run")
     assert code == 0, err
@@ -123,4 +124,5 @@ def test_validate_and_dry_run_need_no_credentials_and_send_nothing(
     code, _, err = cli("run", spec)
     assert code == 2
     assert "2 environment variables are not set" in err
-    assert "api.sender_id: SENT_DM_SENDER_ID" in err and "api.api_key: SENT_DM_API_KEY" in err
+    assert "api.sender_id: SENT_DM_SENDER_ID" in err
+    assert "api.api_key: SENT_DM_API_KEY" in err
