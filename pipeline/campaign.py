@@ -134,7 +134,7 @@ class _ReasonTally:
 
 def validate_campaign(spec: CampaignSpec, *, output: Path | None = None) -> ValidationReport:
     """Check every row and build every payload, sending nothing; with `output`, write each row's outcome in the
-    results format (rows that would be sent are `not_attempted`)."""
+    results format (rows that would be sent are `valid`)."""
     if output is not None:
         check_outputs(_inputs(spec), [Output("--output", output, Kind.RESULTS)])
     writer = results.ResultsWriter(output) if output is not None else None
@@ -207,6 +207,9 @@ class RunSummary:
     rate_slowdowns: int  # times a 429 made the sender halve its rate
     server_pauses: int  # times the server asked every worker to wait (Retry-After, X-RateLimit-Reset)
     skipped: int  # rows that already had an outcome from an earlier run and were not sent again
+    retry: bool  # the `retry` command (resending chosen rows) rather than a run
+    retry_unknown_left: int  # retry: `unknown` rows not resent (they may have been delivered)
+    retry_refused_left: int  # retry: rows the server refused for good (4xx, 401/403), not resent
     recovered_in_flight: int  # rows an earlier, killed run left in flight
     wall_s: float
     messages_per_s: float
@@ -232,6 +235,8 @@ class _Tally:
         self.latencies_ms = array("d")
         self.attempted = 0
         self.skipped = 0
+        self.retry_unknown_left = 0
+        self.retry_refused_left = 0
         self.progress = progress
         self.slowdowns = 0
         self.pauses = 0
@@ -310,7 +315,11 @@ def run_campaign(
     if options.dry_run:
         path = dry_run_path(spec.output.results)
         results.check_writable(path)
-        totals = _write_results(spec, options, path, None, "dry run: not sent", after_sending=False)
+        with contextlib.ExitStack() as stack:
+            # rows an earlier run settled would not be sent again: say so, without taking the campaign's lock
+            state = state_path(spec)
+            store = stack.enter_context(StateStore(state, spec.name, read_only=True)) if state.exists() else None
+            totals = _write_results(spec, options, path, store, None, after_sending=False)
         return _summarise(spec, totals, _Tally(None), RunControl(), options, path, None, (0, 0), 0.0, started)
 
     # a missing file, a bad header or a missing column fails here, before anything is sent
@@ -433,8 +442,10 @@ def _jobs(
             control.abort(f"the input is broken further on: {exc}")
             return
         recorded = store.lookup(batch.payloads[payload.KEY].to_list())
-        chosen, skipped = _select(batch.payloads, recorded, options)
-        tally.skipped += skipped
+        chosen, selected = _select(batch.payloads, recorded, options)
+        tally.skipped += selected.skipped
+        tally.retry_unknown_left += selected.unknown_left
+        tally.retry_refused_left += selected.refused_left
         tally.passed(batch.frame.height - chosen.height)
         if left is not None:
             chosen = chosen.head(left)
@@ -471,10 +482,12 @@ def _write_results(
     options: RunOptions,
     path: Path,
     store: StateStore | None,
-    not_sent_reason: str,
+    not_sent_reason: str | None,
     *,
     after_sending: bool,
 ) -> _Totals:
+    """Write every row's outcome; rows with none are `not_attempted` with `not_sent_reason`, or, when it is None
+    (a dry run), `valid`."""
     totals = _Totals()
     writer = results.ResultsWriter(path, after_sending=after_sending)
     try:
@@ -490,8 +503,10 @@ def _write_results(
     return totals
 
 
-def _select(payloads: pl.DataFrame, recorded: pl.DataFrame, options: RunOptions) -> tuple[pl.DataFrame, int]:
-    """The payload rows to send now, and how many rows were left alone because they already have an outcome."""
+def _select(payloads: pl.DataFrame, recorded: pl.DataFrame, options: RunOptions) -> tuple[pl.DataFrame, _Selected]:
+    """The payload rows to send now, and how many were left alone: rows that already have an outcome (a normal
+    run), or - for `retry` - rows the selection leaves out because resending them could text a person twice
+    (`unknown`) or would be refused again (failed for good)."""
     joined = payloads.join(
         recorded.select(payload.KEY, "result_status", "result_verdict"),
         on=payload.KEY,
@@ -500,18 +515,31 @@ def _select(payloads: pl.DataFrame, recorded: pl.DataFrame, options: RunOptions)
     )
     fresh = pl.col("result_status").is_null() | (pl.col("result_status") == PENDING)
     if options.retry is None:
-        wanted = fresh
-    else:
-        selection = options.retry
-        refused = pl.col("result_verdict").is_in([Verdict.PERMANENT.value, Verdict.AUTH.value])
-        wanted = pl.col("result_status").is_in(list(selection.statuses))
-        if not selection.include_permanent:
-            wanted = wanted & ~((pl.col("result_status") == FAILED) & refused)
-        if selection.rows is not None:
-            wanted = wanted & pl.col(payload.ROW).is_in(list(selection.rows))
-    chosen = joined.filter(wanted)
-    skipped = joined.filter(~fresh).height if options.retry is None else 0
-    return chosen.select(payload.ROW, payload.BODY, payload.KEY), skipped
+        chosen = joined.filter(fresh)
+        return chosen.select(payload.ROW, payload.BODY, payload.KEY), _Selected(skipped=joined.height - chosen.height)
+    selection = options.retry
+    refused = (pl.col("result_status") == FAILED) & pl.col("result_verdict").is_in(
+        [Verdict.PERMANENT.value, Verdict.AUTH.value]
+    )
+    in_rows = pl.lit(True) if selection.rows is None else pl.col(payload.ROW).is_in(list(selection.rows))
+    wanted = pl.col("result_status").is_in(list(selection.statuses))
+    if not selection.include_permanent:
+        wanted = wanted & ~refused
+    left_unknown = in_rows & (pl.col("result_status") == UNKNOWN) & ~wanted
+    # refused rows count as left out only when failed rows were asked for
+    left_refused = in_rows & refused & ~wanted & pl.lit(FAILED in selection.statuses)
+    counts = joined.select(left_unknown.sum().alias("unknown"), left_refused.sum().alias("refused")).row(0)
+    chosen = joined.filter(wanted & in_rows)
+    return chosen.select(payload.ROW, payload.BODY, payload.KEY), _Selected(
+        unknown_left=int(counts[0]), refused_left=int(counts[1])
+    )
+
+
+@dataclass(frozen=True)
+class _Selected:
+    skipped: int = 0  # already had an outcome (a normal run)
+    unknown_left: int = 0  # retry: `unknown` rows not resent (no --include-unknown)
+    refused_left: int = 0  # retry: rows the server refused for good, not resent (no --include-permanent)
 
 
 def _empty_outcomes() -> pl.DataFrame:
@@ -519,7 +547,8 @@ def _empty_outcomes() -> pl.DataFrame:
 
 
 def _final_outcomes(batch: PreparedBatch, recorded: pl.DataFrame, not_sent_reason: str | None) -> pl.DataFrame:
-    """Every row's outcome: validation's verdict, the recorded delivery outcome, or not_attempted."""
+    """Every row's outcome: validation's verdict, the recorded delivery outcome, or - for rows with neither -
+    `not_attempted` with `not_sent_reason`, or `valid` when that is None (commands that send nothing)."""
     checked = batch.checked.select(
         pl.col(payload.ROW),
         pl.col(payload.KEY),
@@ -528,7 +557,8 @@ def _final_outcomes(batch: PreparedBatch, recorded: pl.DataFrame, not_sent_reaso
     )
     delivered = recorded.filter(pl.col("result_status").is_in([SENT, FAILED, UNKNOWN]))
     merged = checked.join(delivered, on=payload.KEY, how="left", maintain_order="left")
-    status = pl.coalesce(pl.col("check_status"), pl.col("result_status"), pl.lit(NOT_ATTEMPTED))
+    unsent = NOT_ATTEMPTED if not_sent_reason is not None else validate.VALID
+    status = pl.coalesce(pl.col("check_status"), pl.col("result_status"), pl.lit(unsent))
     error = (
         pl.when(pl.col("check_status").is_not_null())
         .then(pl.col("check_error"))
@@ -705,6 +735,9 @@ def _summarise(
         rate_slowdowns=tally.slowdowns,
         server_pauses=tally.pauses,
         skipped=skipped_recovered[0],
+        retry=options.retry is not None,
+        retry_unknown_left=tally.retry_unknown_left,
+        retry_refused_left=tally.retry_refused_left,
         recovered_in_flight=skipped_recovered[1],
         wall_s=round(time.monotonic() - started, 3),
         messages_per_s=round(tally.attempted / send_wall_s, 1) if tally.attempted and send_wall_s > 0 else 0.0,

@@ -106,9 +106,11 @@ class JsonProgress(LogProgress):
 
 
 def format_summary(summary: RunSummary) -> str:
-    title = "Dry run" if summary.dry_run else "Run"
+    title = "Dry run" if summary.dry_run else "Retry" if summary.retry else "Run"
     where = f" ({summary.shard})" if summary.shard else ""
     lines = [f"{title} of campaign {summary.campaign}{where}: {summary.rows} row(s)"]
+    if summary.retry:
+        lines.append(_retry_line(summary))
     if summary.skipped:
         lines.append(
             f"Resumed: {summary.skipped} row(s) already had an outcome from an earlier run and were not sent again"
@@ -118,8 +120,11 @@ def format_summary(summary: RunSummary) -> str:
             f"{summary.recovered_in_flight} row(s) were in flight when an earlier run stopped: "
             "they may have been delivered (see result_error)"
         )
-    width = max(len(k) for k in summary.counts)
-    lines += [f"  {status:<{width}}  {n}" for status, n in summary.counts.items() if n]
+    # a dry run's `valid` rows are the ones a run would send now
+    labels = {"valid": "would send"} if summary.dry_run else {}
+    counts = {labels.get(status, status): n for status, n in summary.counts.items()}
+    width = max(len(k) for k in counts)
+    lines += [f"  {status:<{width}}  {n}" for status, n in counts.items() if n]
     if summary.aborted_reason:
         lines.append(f"ABORTED: {summary.aborted_reason}")
     if summary.interrupted_by:
@@ -142,3 +147,18 @@ def format_summary(summary: RunSummary) -> str:
     if summary.state_path:
         lines.append(f"State: {summary.state_path}")
     return "\n".join(lines)
+
+
+def _retry_line(summary: RunSummary) -> str:
+    line = f"{summary.attempted} row(s) resent" if summary.attempted else "0 rows to retry"
+    if summary.retry_unknown_left:
+        line += (
+            f"; {summary.retry_unknown_left} `unknown` row(s) skipped (add `--include-unknown` if you have checked "
+            "they were not delivered)"
+        )
+    if summary.retry_refused_left:
+        line += (
+            f"; {summary.retry_refused_left} row(s) the server refused skipped (add `--include-permanent` to send "
+            "them again after fixing them)"
+        )
+    return line

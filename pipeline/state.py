@@ -66,9 +66,11 @@ def state_path_for(results_path: Path, campaign: str) -> Path:
 class StateStore:
     """The campaign's database and its lock. Use as a context manager; one instance per process."""
 
-    def __init__(self, path: Path, campaign: str) -> None:
+    def __init__(self, path: Path, campaign: str, *, read_only: bool = False) -> None:
         self.path = path
         self.campaign = campaign
+        # read-only: to look outcomes up without taking the lock (a dry run beside a live run); writes fail
+        self.read_only = read_only
         self._lock_fd: int | None = None
         self._db: sqlite3.Connection | None = None
 
@@ -80,6 +82,14 @@ class StateStore:
         self.close()
 
     def open(self) -> None:
+        if self.read_only:
+            try:
+                self._db = sqlite3.connect(f"{self.path.as_uri()}?mode=ro", uri=True, isolation_level=None)
+                self._check_campaign()
+            except sqlite3.Error as exc:
+                self.close()
+                raise OutputError(f"{self.path}: cannot read the campaign state: {exc}") from None
+            return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._lock()
@@ -131,7 +141,7 @@ class StateStore:
 
     def _check_campaign(self) -> None:
         rows = dict(self.db.execute("SELECT key, value FROM meta").fetchall())
-        if not rows:
+        if not rows and not self.read_only:
             self.db.executemany(
                 "INSERT INTO meta (key, value) VALUES (?, ?)",
                 [("campaign", self.campaign), ("schema", SCHEMA_VERSION), ("created_at", str(time.time()))],

@@ -16,6 +16,7 @@ STATUS = "result_status"
 ERROR = "result_error"
 INVALID = "invalid"
 DUPLICATE = "duplicate"
+VALID = "valid"  # in the output of commands that send nothing (validate --output, run --dry-run): would be sent
 REASON_SEPARATOR = "; "
 _SEED_HI, _SEED_LO = 0x5E17, 0xD0C5
 

@@ -259,6 +259,29 @@ def test_retry_resends_transient_failures_only_and_rewrites_results(
     assert_no_message_sent_twice_except(server, {"Name1", "Name2", "Name3"})
 
 
+def test_retry_with_nothing_eligible_says_what_it_left_alone_and_why(
+    cli: Cli, make_campaign: MakeCampaign, server: FaultServer
+) -> None:
+    replies = {"Name1": Reply(500), "Name2": Reply(500), "Name3": Reply(400, {"message": "bad"})}
+    server.script = lambda request: replies.get(request.json()["messageBody"]["name"], Reply(200))
+    spec = make_spec(make_campaign, server.url, 4, max_attempts=1)
+    assert cli("run", spec)[0] == 1
+    sent = len(server.requests)
+
+    code, out, _ = cli("retry", spec)
+    assert code == 1
+    assert out.startswith(
+        "Retry of campaign test-campaign: 4 row(s)\n"
+        "0 rows to retry; 2 `unknown` row(s) skipped (add `--include-unknown` if you have checked they were not "
+        "delivered); 1 row(s) the server refused skipped (add `--include-permanent` to send them again after fixing "
+        "them)\n"
+    )
+    assert len(server.requests) == sent
+    code, out, _ = cli("retry", spec, "--log-format", "json")
+    summary = json.loads(out)
+    assert (summary["retry"], summary["attempted"], summary["retry_unknown_left"]) == (True, 0, 2)
+
+
 def assert_no_message_sent_twice_except(server: FaultServer, retried: set[str]) -> None:
     accepted = [r.json()["messageBody"]["name"] for r in server.requests if r.idempotency_key in server.accepted_by_key]
     assert server.duplicate_keys() == []

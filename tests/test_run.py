@@ -129,11 +129,24 @@ def test_dry_run_sends_nothing_and_never_overwrites_real_results(
     code, out, _ = cli("run", spec, "--dry-run")
     assert code == 0
     assert sandbox.requests_total == 0
-    assert out.startswith("Dry run of campaign test-campaign: 5 row(s)\n  not_attempted  5\n")
+    assert out.startswith("Dry run of campaign test-campaign: 5 row(s)\n  would send     5\n")
     assert not (spec.parent / "out" / "results.csv").exists()
     table = results_of(spec, "out/results.dry-run.csv")
-    assert table["result_status"].to_list() == ["not_attempted"] * 5
-    assert table["result_error"].unique().to_list() == ["dry run: not sent"]
+    assert table["result_status"].to_list() == ["valid"] * 5
+    assert table["result_error"].to_list() == [None] * 5
+
+
+def test_dry_run_after_a_partial_run_counts_only_what_a_run_would_send(
+    cli: Cli, make_campaign: MakeCampaign, sandbox: SandboxServer
+) -> None:
+    spec = make_campaign(contact_rows(10), api=api_section(sandbox.url))
+    assert cli("run", spec, "--limit", "4")[0] == 1
+    code, out, _ = cli("run", spec, "--dry-run")
+    assert code == 0
+    assert "  sent           4\n  would send     6\n" in out
+    assert sandbox.accepted_total == 4
+    table = results_of(spec, "out/results.dry-run.csv")
+    assert table["result_status"].to_list() == ["sent"] * 4 + ["valid"] * 6
 
 
 def test_limit_sends_only_the_first_n_valid_rows(cli: Cli, make_campaign: MakeCampaign, sandbox: SandboxServer) -> None:

@@ -100,7 +100,7 @@ def test_output_writes_each_rows_validation_outcome(cli: Cli, tmp_path: Path) ->
     assert table.group_by("result_status").len().sort("result_status").rows() == [
         ("duplicate", 1),
         ("invalid", 4),
-        ("not_attempted", 45),
+        ("valid", 45),
     ]
     assert table.columns[:4] == ["contact_id", "first_name", "order_id", "carrier"]
 
