@@ -31,6 +31,7 @@ from pipeline.outputs import Kind, Output, check_outputs, dry_run_path
 from pipeline.sandbox import SandboxServer
 from pipeline.send import RunControl, SenderConfig, SendJob, SendOutcome, send_all
 from pipeline.shard import Shard
+from pipeline.slowdowns import SlowdownWatch
 from pipeline.spec import CampaignSpec, SandboxSpec
 from pipeline.state import OUTCOME_COLUMNS, PENDING, GroupCommitter, StateStore, StateWriteError, state_path_for
 
@@ -165,12 +166,24 @@ def validate_campaign(spec: CampaignSpec, *, output: Path | None = None) -> Vali
 # --- run ---------------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class RunStart:
+    """What a progress display says when sending begins."""
+
+    command: str  # "run" or "retry"
+    campaign: str
+    spec_path: str
+    input_path: str
+    total_rows: int | None  # None when not known before reading (CSV, or a shard's share)
+
+
 class ProgressSink(Protocol):
     """Where a run reports progress; the CLI supplies a bar or periodic log lines."""
 
-    def start(self, total: int | None) -> None: ...
-    def update(self, counts: Mapping[str, int]) -> None: ...
+    def start(self, run: RunStart) -> None: ...
+    def update(self, counts: Mapping[str, int], pace: str = "") -> None: ...
     def notice(self, message: str) -> None: ...
+    def warn(self, message: str) -> None: ...
     def finish(self) -> None: ...
 
 
@@ -241,6 +254,7 @@ class _Tally:
         self.slowdowns = 0
         self.pauses = 0
         self.input_error: InputError | None = None  # a broken line found while sending
+        self.watch: SlowdownWatch | None = None
         self._rng = random.Random(0)
 
     def add(self, outcome: SendOutcome) -> None:
@@ -611,9 +625,17 @@ def _send(
         )
         rate = send.rate_per_s
         # without an explicit burst, allow about one second's worth (at least one request)
-        pacer = Pacer(rate_per_s=rate, burst=send.burst or max(1, int(rate or 1)))
-        if tally.progress is not None:
-            tally.progress.start(total_rows)
+        progress = tally.progress
+        if progress is not None:
+            tally.watch = SlowdownWatch(progress.notice, progress.warn)
+        pacer = Pacer(
+            rate_per_s=rate,
+            burst=send.burst or max(1, int(rate or 1)),
+            on_event=tally.watch.on_event if tally.watch is not None else None,
+        )
+        if progress is not None:
+            command = "retry" if options.retry is not None else "run"
+            progress.start(RunStart(command, spec.name, str(spec.spec_path), str(spec.input.path), total_rows))
         try:
             anyio.run(_send_async, jobs, config, pacer, store, tally, control, options)
         finally:
@@ -663,7 +685,7 @@ async def _send_async(
             if options.handle_signals and threading.current_thread() is threading.main_thread():
                 group.start_soon(_watch_signals, control, group.cancel_scope, config.timeout_s, tally.progress)
             if tally.progress is not None:
-                group.start_soon(_report_progress, tally, options.progress_interval_s)
+                group.start_soon(_report_progress, tally, options.progress_interval_s, pacer, control)
             group.start_soon(committer.run)
             await send_all(
                 jobs,
@@ -701,11 +723,13 @@ async def _watch_signals(
                 )
 
 
-async def _report_progress(tally: _Tally, interval_s: float) -> None:
+async def _report_progress(tally: _Tally, interval_s: float, pacer: Pacer, control: RunControl) -> None:
     assert tally.progress is not None
+    assert tally.watch is not None
     while True:
         await anyio.sleep(interval_s)
-        tally.progress.update(tally.counts)
+        pace = tally.watch.tick(sum(tally.counts.values()), pacer, control)
+        tally.progress.update(tally.counts, pace)
 
 
 def _summarise(

@@ -12,12 +12,23 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import anyio
 
 _RECOVERY_STEP_S = 1.0
 _MEASURE_WINDOW_S = 2.0
 _MIN_RATE_PER_S = 0.1
+
+
+@dataclass(frozen=True)
+class PacingEvent:
+    """A change of pace worth telling the user about as it happens."""
+
+    kind: str  # "pause": the server asked every worker to wait; "slowdown": the rate was halved after a 429
+    reason: str  # "server Retry-After", "server X-RateLimit-Reset", "HTTP 429"
+    pause_s: float | None  # how long every worker now waits (pause)
+    rate_per_s: float | None  # the rate in force afterwards (None: unlimited)
 
 
 class Pacer:
@@ -30,6 +41,7 @@ class Pacer:
         rate_per_s: float | None = None,
         burst: int = 1,
         clock: Callable[[], float] = time.monotonic,
+        on_event: Callable[[PacingEvent], None] | None = None,
     ) -> None:
         if rate_per_s is not None and not (math.isfinite(rate_per_s) and rate_per_s > 0):
             raise ValueError(f"rate_per_s must be a positive number, not {rate_per_s!r}")
@@ -51,27 +63,49 @@ class Pacer:
         self._lock = anyio.Lock()
         self.pauses = 0
         self.slowdowns = 0
+        self._on_event = on_event
 
     @property
     def rate_per_s(self) -> float | None:
         """The rate in force now (None: unlimited)."""
         return self._rate
 
-    def pause_for(self, seconds: float) -> None:
-        """Hold every request for at least `seconds` from now (a longer pause already in force wins)."""
-        if seconds <= 0:
-            return
-        until = self._clock() + seconds
-        if until > self._paused_until:
-            self._paused_until = until
-            self.pauses += 1
+    def paused_for_s(self) -> float:
+        """Seconds left of the pause in force (0 when none)."""
+        return max(0.0, self._paused_until - self._clock())
 
-    def slow_down(self) -> None:
+    def hold_back(self, pause_s: float | None, *, reason: str, too_many_requests: bool) -> None:
+        """What the server said about pace in one answer: a 429 halves the rate, a wait (Retry-After,
+        X-RateLimit-Reset) pauses every worker; one event tells both."""
+        cut = self.slow_down(notify=False) if too_many_requests else False
+        paused = self.pause_for(pause_s, reason=reason, notify=False) if pause_s is not None else False
+        if self._on_event is not None and paused:
+            self._on_event(PacingEvent("pause", reason, pause_s, self._rate))
+        elif self._on_event is not None and cut:
+            self._on_event(PacingEvent("slowdown", "HTTP 429", None, self._rate))
+
+    def pause_for(self, seconds: float, *, reason: str = "server Retry-After", notify: bool = True) -> bool:
+        """Hold every request for at least `seconds` from now (a longer pause already in force wins). True when a
+        new pause starts (not one that only grew): that is worth telling."""
+        if seconds <= 0:
+            return False
+        now = self._clock()
+        until = now + seconds
+        if until <= self._paused_until:
+            return False
+        starts = now >= self._paused_until
+        self._paused_until = until
+        self.pauses += 1
+        if starts and notify and self._on_event is not None:
+            self._on_event(PacingEvent("pause", reason, seconds, self._rate))
+        return starts
+
+    def slow_down(self, *, notify: bool = True) -> bool:
         """The server said 429: halve the rate - once per second at most, since the requests already in flight
-        when the first 429 came are likely to get one too."""
+        when the first 429 came are likely to get one too. True when the rate was cut."""
         now = self._clock()
         if self.slowdowns and now - self._last_slowdown < _RECOVERY_STEP_S:
-            return
+            return False
         current = self._rate if self._rate is not None else self._achieved_rate(now)
         if self._ceiling is None and self._configured is None:
             self._ceiling = max(current, _MIN_RATE_PER_S)
@@ -79,6 +113,9 @@ class Pacer:
         self._tokens = min(self._tokens, 1.0)
         self._stamp = self._last_change = self._last_slowdown = now
         self.slowdowns += 1
+        if notify and self._on_event is not None:
+            self._on_event(PacingEvent("slowdown", "HTTP 429", None, self._rate))
+        return True
 
     def _achieved_rate(self, now: float) -> float:
         elapsed = now - self._window_start

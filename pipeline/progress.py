@@ -12,7 +12,7 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
-from pipeline.campaign import RunSummary
+from pipeline.campaign import RunStart, RunSummary
 
 
 def _done(counts: Mapping[str, int]) -> int:
@@ -26,14 +26,21 @@ class BarProgress:
         self._stream = stream
         self._bar: tqdm[Any] | None = None
 
-    def start(self, total: int | None) -> None:
-        self._bar = tqdm(total=total, file=self._stream, unit="row", dynamic_ncols=True, smoothing=0.1)
+    def start(self, run: RunStart) -> None:
+        print(_describe_start(run), file=self._stream, flush=True)
+        self._bar = tqdm(total=run.total_rows, file=self._stream, unit="row", dynamic_ncols=True, smoothing=0.1)
 
-    def update(self, counts: Mapping[str, int]) -> None:
+    def update(self, counts: Mapping[str, int], pace: str = "") -> None:
         if self._bar is None:
             return
         self._bar.update(_done(counts) - self._bar.n)
-        self._bar.set_postfix(sent=counts.get("sent", 0), failed=counts.get("failed", 0), refresh=False)
+        postfix: dict[str, object] = {"sent": counts.get("sent", 0), "failed": counts.get("failed", 0)}
+        if pace:
+            postfix["pace"] = pace
+        self._bar.set_postfix(postfix, refresh=False)
+
+    def warn(self, message: str) -> None:
+        self.notice(f"warning: {message}")
 
     def notice(self, message: str) -> None:
         if self._bar is not None:
@@ -57,32 +64,42 @@ class LogProgress:
         self._started = 0.0
         self._last = 0.0
 
-    def start(self, total: int | None) -> None:
-        self._total = total
+    def start(self, run: RunStart) -> None:
+        self._total = run.total_rows
         self._started = self._last = time.monotonic()
-        self._begin(total)
+        self._begin(run)
 
-    def update(self, counts: Mapping[str, int]) -> None:
+    def update(self, counts: Mapping[str, int], pace: str = "") -> None:
         now = time.monotonic()
         if now - self._last >= self._every_s:
             self._last = now
             done = _done(counts)
-            self._progress(done, done / (now - self._started) if now > self._started else 0.0, counts)
+            self._progress(done, done / (now - self._started) if now > self._started else 0.0, counts, pace)
 
     def notice(self, message: str) -> None:
         print(message, file=self._stream, flush=True)
 
+    def warn(self, message: str) -> None:
+        print(f"warning: {message}", file=self._stream, flush=True)
+
     def finish(self) -> None:
         return
 
-    def _begin(self, total: int | None) -> None:
-        rows = f"{total} row(s)" if total is not None else "the input"
-        print(f"sending {rows}", file=self._stream, flush=True)
+    def _begin(self, run: RunStart) -> None:
+        print(_describe_start(run), file=self._stream, flush=True)
 
-    def _progress(self, done: int, per_s: float, counts: Mapping[str, int]) -> None:
+    def _progress(self, done: int, per_s: float, counts: Mapping[str, int], pace: str) -> None:
         parts = ", ".join(f"{k} {v}" for k, v in counts.items())
         of = f"/{self._total}" if self._total is not None else ""
-        print(f"progress: {done}{of} rows ({per_s:.0f}/s): {parts}", file=self._stream, flush=True)
+        slow = f" - {pace}" if pace else ""
+        print(f"progress: {done}{of} rows ({per_s:.0f}/s): {parts}{slow}", file=self._stream, flush=True)
+
+
+def _describe_start(run: RunStart) -> str:
+    verb = "retrying" if run.command == "retry" else "sending"
+    rows = f"{run.total_rows} row(s)" if run.total_rows is not None else "rows"
+    how = "" if run.total_rows is not None else " as they are read (the count is known at the end)"
+    return f"{verb} campaign {run.campaign}: {rows} from {run.input_path}{how}"
 
 
 def emit_json(stream: TextIO, event: str, **fields: Any) -> None:
@@ -98,11 +115,31 @@ class JsonProgress(LogProgress):
     def notice(self, message: str) -> None:
         emit_json(self._stream, "notice", message=message)
 
-    def _begin(self, total: int | None) -> None:
-        emit_json(self._stream, "start", rows=total)
+    def warn(self, message: str) -> None:
+        emit_json(self._stream, "warning", message=message)
 
-    def _progress(self, done: int, per_s: float, counts: Mapping[str, int]) -> None:
-        emit_json(self._stream, "progress", done=done, total=self._total, per_s=round(per_s, 1), counts=dict(counts))
+    def _begin(self, run: RunStart) -> None:
+        emit_json(
+            self._stream,
+            "start",
+            command=run.command,
+            campaign=run.campaign,
+            spec=run.spec_path,
+            input=run.input_path,
+            rows=run.total_rows,
+        )
+
+    def _progress(self, done: int, per_s: float, counts: Mapping[str, int], pace: str) -> None:
+        extra = {"pace": pace} if pace else {}
+        emit_json(
+            self._stream,
+            "progress",
+            done=done,
+            total=self._total,
+            per_s=round(per_s, 1),
+            counts=dict(counts),
+            **extra,
+        )
 
 
 def format_summary(summary: RunSummary) -> str:

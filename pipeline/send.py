@@ -97,6 +97,8 @@ class RunControl:
         self.abort_reason: str | None = None
         self.interrupt_signal: int | None = None
         self.stopping_for_results = False  # a signal came while the results file was being written
+        self.retrying = 0  # rows waiting out a backoff before their next attempt (shown while a run is slow)
+        self.last_retry_error: str | None = None
 
     def stop(self) -> None:
         self.stopping = True
@@ -203,18 +205,22 @@ class _Sender:
             self._watch_breaker(verdict, error)
             if verdict is Verdict.AMBIGUOUS:
                 maybe_delivered = True
-            if status == 429:
-                self.pacer.slow_down()
             wait_s = retry_after_s(headers) if headers is not None else None
-            if wait_s is not None:
-                self.pacer.pause_for(wait_s)
+            if status == 429 or wait_s is not None:
+                source = "Retry-After" if headers is not None and "retry-after" in headers else "X-RateLimit-Reset"
+                self.pacer.hold_back(wait_s, reason=f"server {source}", too_many_requests=status == 429)
             retryable = verdict is Verdict.TRANSIENT or (verdict is Verdict.AMBIGUOUS and config.retry_ambiguous)
             if retryable and attempt < config.max_attempts and not self.control.stopping:
                 delay = self._backoff_s(attempt)
                 if wait_s is not None:
                     delay = max(delay, wait_s)
                 if time.monotonic() - first_start + delay <= config.max_retry_s:
-                    await anyio.sleep(delay)
+                    self.control.retrying += 1
+                    self.control.last_retry_error = error
+                    try:
+                        await anyio.sleep(delay)
+                    finally:
+                        self.control.retrying -= 1
                     continue
             if verdict is Verdict.SENT:
                 final = SENT

@@ -23,31 +23,55 @@ import httpx
 import pytest
 
 from pipeline import cli as cli_module
-from pipeline.progress import LogProgress
+from pipeline.campaign import RunStart
+from pipeline.progress import JsonProgress, LogProgress
 from tests.conftest import SENDER, TEMPLATE, guid
 
 Cli = Callable[..., tuple[int, str, str]]
 ROOT = Path(__file__).resolve().parent.parent
 
 
+START = RunStart("run", "spring-sale", "/specs/spring.yaml", "/data/contacts.parquet", 10)
+
+
 def test_log_progress_writes_a_line_per_interval() -> None:
     out = io.StringIO()
     progress = LogProgress(out, every_s=0.0)
-    progress.start(10)
+    progress.start(START)
     progress.update({"sent": 3, "failed": 1, "unknown": 0})
+    progress.update({"sent": 3, "failed": 1, "unknown": 0}, "paused 2 s by the server, rate 4/s")
     progress.notice("SIGTERM: stopping")
+    progress.warn("throughput fell")
     text = out.getvalue()
-    assert text.startswith("sending 10 row(s)\nprogress: 4/10 rows (")
-    assert "/s): sent 3, failed 1, unknown 0\nSIGTERM: stopping\n" in text
+    assert text.startswith("sending campaign spring-sale: 10 row(s) from /data/contacts.parquet\nprogress: 4/10 rows (")
+    assert "/s): sent 3, failed 1, unknown 0\nprogress: 4/10 rows (" in text
+    assert "/s): sent 3, failed 1, unknown 0 - paused 2 s by the server, rate 4/s\n" in text
+    assert text.endswith("SIGTERM: stopping\nwarning: throughput fell\n")
 
 
 def test_log_progress_stays_quiet_between_intervals() -> None:
     out = io.StringIO()
     progress = LogProgress(out, every_s=3600)
-    progress.start(10)
+    progress.start(RunStart("retry", "spring-sale", "/s.yaml", "/c.csv", None))
     for n in range(10):
         progress.update({"sent": n})
-    assert out.getvalue() == "sending 10 row(s)\n"
+    assert out.getvalue() == (
+        "retrying campaign spring-sale: rows from /c.csv as they are read (the count is known at the end)\n"
+    )
+
+
+def test_json_start_event_names_the_campaign_the_spec_and_the_row_count() -> None:
+    out = io.StringIO()
+    JsonProgress(out, every_s=3600).start(START)
+    event = json.loads(out.getvalue())
+    assert {k: v for k, v in event.items() if k != "time"} == {
+        "event": "start",
+        "command": "run",
+        "campaign": "spring-sale",
+        "spec": "/specs/spring.yaml",
+        "input": "/data/contacts.parquet",
+        "rows": 10,
+    }
 
 
 @pytest.mark.slow
