@@ -74,24 +74,40 @@ def _report(kind: str, message: str, exit_code: int, *, as_json: bool) -> None:
         print(f"{kind}: {message}", file=sys.stderr)
 
 
+_EPILOG = """\
+exit codes:
+  0    every row sent (validate, --dry-run: every row valid)
+  1    finished, but some rows were not sent (or are invalid)
+  2    spec, input or usage error, or the campaign is already running: nothing sent
+  3    aborted (authentication, service down, TLS or DNS failure, disk full): run again to resume
+  70   internal error (a bug)
+  130  interrupted (Ctrl-C); 143: SIGTERM
+
+The job spec reference (every key), the results columns and these codes: README.md, "The job spec".
+"""
+
+
 def _build_parser() -> argparse.ArgumentParser:
+    formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
         prog="python -m pipeline",
         description="Send a templated Sent.dm message to every row of a CSV or Parquet file, exactly once.",
+        epilog=_EPILOG,
+        formatter_class=formatter,
     )
     parser.add_argument("--version", action="version", version=f"sentdm-batch {__version__}")
+    # the global options are accepted before or after the command: the command's copy leaves them unset unless
+    # given there, so a value given before the command is kept
+    _global_options(parser, default_log_format="text", default_quiet=False)
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     logs = argparse.ArgumentParser(add_help=False)
-    logs.add_argument(
-        "--log-format",
-        choices=("text", "json"),
-        default="text",
-        help="json: one JSON object per line (start, progress, summary, errors) for log collectors",
-    )
+    _global_options(logs, default_log_format=argparse.SUPPRESS, default_quiet=argparse.SUPPRESS)
 
     check = commands.add_parser(
         "validate",
         parents=[logs],
+        epilog=_EPILOG,
+        formatter_class=formatter,
         help="read and validate every row and build every payload; send nothing",
         description="Read the spec and the input, validate every row, build every payload. Makes no network call.",
     )
@@ -102,13 +118,14 @@ def _build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run",
         parents=[logs],
+        epilog=_EPILOG,
+        formatter_class=formatter,
         help="send the campaign and write the results file",
         description="Validate, send every valid row, and write one results row per input row.",
     )
     run.add_argument("spec", help="path to the YAML job spec")
     run.add_argument("--dry-run", action="store_true", help="do everything except the HTTP requests")
     run.add_argument("--limit", type=_positive_int, metavar="N", help="send at most N rows (a smoke test)")
-    run.add_argument("--quiet", action="store_true", help="no progress bar; a progress line every few seconds")
     run.add_argument("--summary-json", metavar="FILE", help="also write the run summary as JSON to FILE")
     run.add_argument(
         "--shard",
@@ -124,6 +141,8 @@ def _build_parser() -> argparse.ArgumentParser:
     retry = commands.add_parser(
         "retry",
         parents=[logs],
+        epilog=_EPILOG,
+        formatter_class=formatter,
         help="send again the rows whose last outcome was a transient failure",
         description="Resend the campaign's rows whose last outcome was `failed` for a transient reason (429, 503, "
         "408, connection failures), then rewrite the results file. Rows the server acknowledged are never resent.",
@@ -144,7 +163,6 @@ def _build_parser() -> argparse.ArgumentParser:
     retry.add_argument(
         "--include-permanent", action="store_true", help="also resend rows the server refused (4xx, 401/403)"
     )
-    retry.add_argument("--quiet", action="store_true", help="no progress bar; a progress line every few seconds")
     retry.add_argument("--summary-json", metavar="FILE", help="also write the summary as JSON to FILE")
     retry.add_argument("--shard", type=_shard, metavar="I/N", help="retry within shard I of N")
     retry.set_defaults(handler=_retry, dry_run=False, limit=None, rate=None)
@@ -152,6 +170,8 @@ def _build_parser() -> argparse.ArgumentParser:
     merge = commands.add_parser(
         "merge",
         parents=[logs],
+        epilog=_EPILOG,
+        formatter_class=formatter,
         help="combine the results of a sharded run into one results file",
         description="Check that every shard of the campaign has results, then write output.results in input order.",
     )
@@ -170,6 +190,21 @@ def _build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--empty-success", action="store_true", help="answer 204 with no body (like v2)")
     sandbox.set_defaults(handler=_sandbox)
     return parser
+
+
+def _global_options(parser: argparse.ArgumentParser, *, default_log_format: object, default_quiet: object) -> None:
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=default_log_format,
+        help="json: one JSON object per line (start, progress, summary, errors) for log collectors",
+    )
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        default=default_quiet,
+        help="no progress bar; a progress line every few seconds (the default when stderr is not a terminal)",
+    )
 
 
 def _shard(text: str) -> Shard:

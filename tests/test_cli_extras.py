@@ -179,3 +179,26 @@ def test_json_logs_are_one_object_per_line(cli: Cli, tmp_path: Path) -> None:
     assert error["event"] == "error"
     assert error["exit_code"] == 2
     assert "job spec not found" in error["message"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--log-format", "json", "--quiet", "validate", "configs/campaign.yaml"],
+        ["validate", "configs/campaign.yaml", "--log-format", "json", "--quiet"],
+        ["--quiet", "validate", "--log-format", "json", "configs/campaign.yaml"],
+    ],
+)
+def test_global_options_work_before_or_after_the_command(cli: Cli, argv: list[str]) -> None:
+    code, out, _ = cli(*argv)
+    assert code == 1  # the sample has invalid rows on purpose
+    assert json.loads(out)["event"] == "validation"
+
+
+@pytest.mark.parametrize("command", ["validate", "run", "retry", "merge"])
+def test_each_commands_help_ends_with_the_exit_codes_and_the_spec_reference(cli: Cli, command: str) -> None:
+    code, out, _ = cli(command, "--help")
+    assert code == 0
+    assert "exit codes:\n  0    every row sent" in out
+    assert "  3    aborted (authentication, service down, TLS or DNS failure, disk full)" in out
+    assert out.rstrip().endswith('README.md, "The job spec".')
