@@ -17,6 +17,7 @@ import email.utils
 import math
 import random
 import socket
+import ssl
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterable
@@ -90,6 +91,7 @@ class SenderConfig:
     backoff_base_s: float = 0.5
     backoff_cap_s: float = 30.0
     breaker_threshold: int = 50  # consecutive server/connection failures that mean "the service is down"
+    ca_bundle: str | None = None  # PEM file of the CAs to trust for https instead of the system's (api.ca_bundle)
 
     def __post_init__(self) -> None:
         if self.concurrency < 1 or self.max_attempts < 1 or self.timeout_s <= 0 or self.breaker_threshold < 1:
@@ -344,6 +346,14 @@ class _Sender:
             self.consecutive_failures = 0
 
 
+def _ssl_context(config: SenderConfig) -> ssl.SSLContext | None:
+    """The trust for an https base URL, the same through either transport: the CA bundle named by api.ca_bundle
+    alone, or else OpenSSL's defaults - which honour SSL_CERT_FILE and SSL_CERT_DIR. None for plain http."""
+    if urlsplit(config.base_url).scheme != "https":
+        return None
+    return ssl.create_default_context(cafile=config.ca_bundle)
+
+
 def _transport(config: SenderConfig) -> httpx.AsyncBaseTransport:
     """transport.py's lean transport; httpx's own when the environment names a proxy for this URL (a local server -
     the sandbox, tests - is never proxied)."""
@@ -351,12 +361,14 @@ def _transport(config: SenderConfig) -> httpx.AsyncBaseTransport:
     host = parts.hostname or ""
     proxy = urllib.request.getproxies().get(parts.scheme)
     connect_s = min(config.timeout_s, 10.0)
+    context = _ssl_context(config)
     if proxy and host not in ("127.0.0.1", "localhost", "::1") and not urllib.request.proxy_bypass(host):
         return httpx.AsyncHTTPTransport(
             proxy=proxy,
+            verify=context if context is not None else True,
             limits=httpx.Limits(max_connections=config.concurrency, max_keepalive_connections=config.concurrency),
         )
-    return FastHTTPTransport(max_connections=config.concurrency, connect_timeout_s=connect_s)
+    return FastHTTPTransport(max_connections=config.concurrency, connect_timeout_s=connect_s, ssl_context=context)
 
 
 async def send_all(
