@@ -622,6 +622,7 @@ def _send(
             max_retry_s=send.max_retry_s,
             retry_ambiguous=send.retry_ambiguous,
             backoff_base_s=send.backoff_s,
+            ca_bundle=str(spec.api.ca_bundle) if spec.api.ca_bundle is not None else None,
         )
         rate = send.rate_per_s
         # without an explicit burst, allow about one second's worth (at least one request)

@@ -4,7 +4,7 @@ The API's limits are per account, so when one worker hears "slow down" (429/503 
 X-RateLimit-Remaining: 0) every worker waits, not just the one that was told. When 429s arrive although the client
 already paces itself, the rate is halved (from the configured rate, or from the rate actually achieved when none is
 configured) and then raised again by a tenth of the starting rate each second without a 429 - additive increase,
-multiplicative decrease, as TCP does.
+multiplicative decrease, as TCP does. When the run stops, `close()` lets every waiter go at once without a turn.
 """
 
 from __future__ import annotations
@@ -61,6 +61,8 @@ class Pacer:
         self._window_count = 0
         self._previous_rate = 0.0
         self._lock = anyio.Lock()
+        self._closed = False
+        self._sleeper: anyio.CancelScope | None = None  # the waiter sleeping for a token or a pause, if any
         self.pauses = 0
         self.slowdowns = 0
         self._on_event = on_event
@@ -139,28 +141,47 @@ class Pacer:
             self._previous_rate = self._window_count / (now - self._window_start)
             self._window_start, self._window_count = now, 0
 
-    async def wait_turn(self) -> None:
+    def close(self) -> None:
+        """The run is stopping: every waiter, and every later caller, is told at once that no turn will come."""
+        self._closed = True
+        if self._sleeper is not None:
+            self._sleeper.cancel()
+
+    async def wait_turn(self) -> bool:
+        """Wait until a request may go out: True, or False once the pacer is closed (send nothing then)."""
+        if self._closed:
+            return False
         if self._rate is None and self._ceiling is None and not self._lock.locked():
             # unlimited and nobody waiting: the common case costs no lock (measured: 4% of a run's CPU)
             now = self._clock()
             if now >= self._paused_until:
                 self._count(now)
-                return
+                return True
         # one waiter at a time keeps the admission order fair and the bucket arithmetic simple
         async with self._lock:
-            while True:
+            while not self._closed:
                 now = self._clock()
                 if now < self._paused_until:
-                    await anyio.sleep(self._paused_until - now)
+                    await self._sleep(self._paused_until - now)
                     continue
                 self._recover(now)
                 if self._rate is None:
                     self._count(now)
-                    return
+                    return True
                 self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
                 self._stamp = now
                 if self._tokens >= 1 - 1e-9:  # tolerance: float sums of waits land a hair short of a whole token
                     self._tokens = max(self._tokens - 1, 0.0)
                     self._count(now)
-                    return
-                await anyio.sleep((1 - self._tokens) / self._rate)
+                    return True
+                await self._sleep((1 - self._tokens) / self._rate)
+            return False
+
+    async def _sleep(self, seconds: float) -> None:
+        # in a scope close() can cancel: at 60/min a queue of waiters would otherwise take a second each to notice
+        with anyio.CancelScope() as scope:
+            self._sleeper = scope
+            try:
+                await anyio.sleep(seconds)
+            finally:
+                self._sleeper = None

@@ -7,9 +7,13 @@
                 before the request was fully written)
     AMBIGUOUS   the request reached the server and the answer was lost or says it failed midway (500, 502, 504,
                 a read timeout, a reset after writing): the message may have gone out
+    SYSTEMIC    nothing was sent and no request can get through until the setup changes: the server's TLS
+                certificate or host name fails verification, the server does not speak TLS (or no TLS version the
+                two sides share), or the API's host name does not resolve. The run stops; `SystemicFailure` says
+                what failed and what to change
 
-A row's final status follows from its last verdict: SENT -> sent; PERMANENT/AUTH/TRANSIENT -> failed; AMBIGUOUS ->
-unknown, unless ambiguous rows are retried (send.retry_ambiguous) and a later attempt settles it.
+A row's final status follows from its last verdict: SENT -> sent; PERMANENT/AUTH/TRANSIENT/SYSTEMIC -> failed;
+AMBIGUOUS -> unknown, unless ambiguous rows are retried (send.retry_ambiguous) and a later attempt settles it.
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ from __future__ import annotations
 import enum
 import json
 import re
+import socket
+import ssl
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -35,6 +42,7 @@ class Verdict(enum.Enum):
     AUTH = "auth"
     TRANSIENT = "transient"
     AMBIGUOUS = "ambiguous"
+    SYSTEMIC = "systemic"
 
     @property
     def final_status(self) -> str:
@@ -64,6 +72,8 @@ def classify_status(status: int) -> Verdict:
 
 def classify_exception(exc: BaseException) -> Verdict:
     """Network failures: before the request was fully written the server cannot have acted on it; after, it may."""
+    if isinstance(exc, httpx.ConnectError) and systemic_failure(exc) is not None:
+        return Verdict.SYSTEMIC
     if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout | httpx.WriteError):
         return Verdict.TRANSIENT
     if isinstance(exc, httpx.WriteTimeout):
@@ -74,6 +84,105 @@ def classify_exception(exc: BaseException) -> Verdict:
     # ReadTimeout, ReadError, RemoteProtocolError (closed while waiting), the overall deadline, and anything else
     # that happened once the request could have been on the wire
     return Verdict.AMBIGUOUS
+
+
+@dataclass(frozen=True, slots=True)
+class SystemicFailure:
+    """Why every request of the run would fail the same way, and what to change."""
+
+    what: str  # e.g. "TLS certificate verify failed: self-signed certificate"
+    fix: str
+    # A missing host name is looked up again before the run stops: resolvers have bad moments too.
+    confirm: bool = False
+
+    def message(self, target: str) -> str:
+        """The reason the run stops; `target` is the API's host:port."""
+        return f"cannot connect to {target}: {self.what}; every request would fail the same way. Hint: {self.fix}"
+
+
+_TRUST_FIX = "if this server uses a private CA, point SSL_CERT_FILE at its bundle or set api.ca_bundle"
+# OpenSSL's X509_V_ERR_* codes that call for another fix than trusting a CA.
+_NAME_MISMATCH_CODES = frozenset({62, 64})  # HOSTNAME_MISMATCH, IP_ADDRESS_MISMATCH
+_VALIDITY_CODES = frozenset({9, 10})  # CERT_NOT_YET_VALID, CERT_HAS_EXPIRED
+# What an https client reads when the other side answers in plain text (the names vary with the OpenSSL version).
+_NOT_TLS_REASONS = frozenset({"WRONG_VERSION_NUMBER", "PACKET_LENGTH_TOO_LONG", "RECORD_LAYER_FAILURE"})
+# No protocol version or cipher both sides accept.
+_MISMATCH_REASONS = frozenset(
+    {
+        "UNSUPPORTED_PROTOCOL",
+        "TLSV1_ALERT_PROTOCOL_VERSION",
+        "NO_PROTOCOLS_AVAILABLE",
+        "SSLV3_ALERT_HANDSHAKE_FAILURE",
+        "NO_CIPHERS_AVAILABLE",
+    }
+)
+# "No such name" answers; EAI_AGAIN (the resolver did not answer) says nothing about the name and stays transient.
+_NO_SUCH_NAME = frozenset(code for code in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", None)) if code is not None)
+
+
+def systemic_failure(exc: BaseException) -> SystemicFailure | None:
+    """The setup problem behind a network error, or None when it is not one.
+
+    The ssl or socket error is looked for along the chain of causes: the transport wraps it in httpx.ConnectError,
+    and on the proxy path httpcore wraps it once more."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return _certificate_failure(cause)
+        if isinstance(cause, ssl.SSLError):
+            return _handshake_failure(cause)
+        if isinstance(cause, socket.gaierror):
+            return _name_failure(cause)
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
+# The attributes below are set by the ssl module's C code; an error made by hand (a wrapper, a test) may lack them.
+
+
+def _certificate_failure(error: ssl.SSLCertVerificationError) -> SystemicFailure:
+    code = getattr(error, "verify_code", None)
+    detail = str(getattr(error, "verify_message", None) or "unknown reason").rstrip(".")
+    if code in _NAME_MISMATCH_CODES:
+        return SystemicFailure(
+            f"TLS hostname mismatch ({detail})",
+            "connect to a host name that the server's certificate lists (the host in api.base_url)",
+        )
+    if code in _VALIDITY_CODES:
+        return SystemicFailure(
+            f"TLS certificate verify failed: {detail}",
+            "check this machine's clock; otherwise the server's certificate needs renewing",
+        )
+    return SystemicFailure(f"TLS certificate verify failed: {detail}", _TRUST_FIX)
+
+
+def _handshake_failure(error: ssl.SSLError) -> SystemicFailure | None:
+    reason = str(getattr(error, "reason", None) or "")
+    detail = reason.lower().replace("_", " ")
+    if reason in _NOT_TLS_REASONS:
+        return SystemicFailure(
+            f"the server does not speak TLS ({detail})",
+            "check the scheme and port in api.base_url: an http:// server, or the wrong port?",
+        )
+    if reason in _MISMATCH_REASONS:
+        return SystemicFailure(
+            f"TLS protocol mismatch ({detail})",
+            "the server and this machine share no TLS version or cipher: check api.base_url, then the server's TLS "
+            "settings or this machine's OpenSSL",
+        )
+    return None  # e.g. an EOF in the middle of the handshake: the server may just be busy
+
+
+def _name_failure(error: socket.gaierror) -> SystemicFailure | None:
+    if error.errno not in _NO_SUCH_NAME:
+        return None
+    return SystemicFailure(
+        f"the host name does not resolve ({error.strerror})",
+        "check the spelling of the host in api.base_url, then this machine's DNS settings and network",
+        confirm=True,
+    )
 
 
 def describe_exception(exc: BaseException) -> str:
@@ -88,6 +197,10 @@ def describe_exception(exc: BaseException) -> str:
         httpx.RemoteProtocolError: "connection closed without a valid response",
         httpx.LocalProtocolError: "request refused before sending",
     }
+    if isinstance(exc, httpx.ConnectError):
+        systemic = systemic_failure(exc)
+        if systemic is not None:
+            return systemic.what[:_ERROR_TEXT_CHARS]
     for kind, text in names.items():
         if isinstance(exc, kind):
             detail = str(exc).strip()

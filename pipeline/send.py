@@ -1,5 +1,6 @@
 """HTTP delivery: one shared httpx transport, a fixed pool of workers fed from a bounded stream, retries with
-backoff, an overall deadline per request, and a run-wide stop.
+backoff, an overall deadline per request, and a run-wide stop - also at the first failure that every request would
+share (an untrusted TLS certificate, a host name that does not resolve).
 
 Requests are httpx.Request objects handed straight to the transport (transport.py's, or httpx's own when a proxy is
 configured). httpx.AsyncClient was measured at 120-170 us of CPU per request on top of the transport - more than
@@ -15,6 +16,8 @@ import asyncio
 import email.utils
 import math
 import random
+import socket
+import ssl
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterable
@@ -32,6 +35,7 @@ from pipeline.outcome import (
     FAILED,
     SENT,
     UNKNOWN,
+    SystemicFailure,
     Verdict,
     classify_exception,
     classify_status,
@@ -39,6 +43,7 @@ from pipeline.outcome import (
     error_text,
     message_id,
     parse_body,
+    systemic_failure,
 )
 from pipeline.transport import FastHTTPTransport
 
@@ -46,6 +51,10 @@ MESSAGES_PATH = "/v1/messages/contact"
 BeforeSend = Callable[["SendJob"], Awaitable[bool]]
 USER_AGENT = f"sentdm-batch/{__version__}"
 _MAX_PAUSE_S = 3600.0
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+# A host name that does not resolve is looked up again after these pauses before the run stops: long enough to ride
+# out a resolver's bad moment, short enough that a typo in api.base_url stops the run within two seconds.
+_NAME_RECHECK_DELAYS_S = (0.5, 1.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +91,7 @@ class SenderConfig:
     backoff_base_s: float = 0.5
     backoff_cap_s: float = 30.0
     breaker_threshold: int = 50  # consecutive server/connection failures that mean "the service is down"
+    ca_bundle: str | None = None  # PEM file of the CAs to trust for https instead of the system's (api.ca_bundle)
 
     def __post_init__(self) -> None:
         if self.concurrency < 1 or self.max_attempts < 1 or self.timeout_s <= 0 or self.breaker_threshold < 1:
@@ -90,7 +100,7 @@ class SenderConfig:
 
 class RunControl:
     """Run-wide flags the workers obey: `stop()` stops taking new rows (an interrupt); `abort()` does the same and
-    records why the run cannot go on (an authentication failure, the circuit breaker)."""
+    records why the run cannot go on (an authentication failure, an untrusted certificate, the circuit breaker)."""
 
     def __init__(self) -> None:
         self.stopping = False
@@ -99,14 +109,25 @@ class RunControl:
         self.stopping_for_results = False  # a signal came while the results file was being written
         self.retrying = 0  # rows waiting out a backoff before their next attempt (shown while a run is slow)
         self.last_retry_error: str | None = None
+        self._on_stop: list[Callable[[], None]] = []
+
+    def on_stop(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once the run starts stopping (at once if it already has)."""
+        self._on_stop.append(callback)
+        if self.stopping:
+            callback()
 
     def stop(self) -> None:
+        if self.stopping:
+            return
         self.stopping = True
+        for callback in self._on_stop:
+            callback()
 
     def abort(self, reason: str) -> None:
         if self.abort_reason is None:
             self.abort_reason = reason
-        self.stopping = True
+        self.stop()
 
 
 _second_text: tuple[int, str] = (0, "")
@@ -167,6 +188,8 @@ class _Sender:
         self.before_send = before_send
         self.rng = rng
         self.url = httpx.URL(config.base_url.rstrip("/") + MESSAGES_PATH)
+        host = f"[{self.url.host}]" if ":" in self.url.host else self.url.host
+        self.target = f"{host}:{self.url.port or _DEFAULT_PORTS.get(self.url.scheme, 0)}"  # for messages
         self.headers = [
             (b"x-sender-id", config.sender_id.encode()),
             (b"x-api-key", config.api_key.encode()),
@@ -178,7 +201,10 @@ class _Sender:
     async def worker(self, jobs: ObjectReceiveStream[SendJob]) -> None:
         async with jobs:
             async for job in jobs:
-                if self.control.stopping:
+                # the row's turn comes before its in-flight mark: a row still waiting for a turn when the run stops
+                # is left unmarked - not_attempted, sent by the next run - instead of marked in flight without
+                # having gone out, which the next run would have to report as `unknown`
+                if self.control.stopping or not await self.pacer.wait_turn():
                     continue  # drain without sending: these rows stay not_attempted
                 if self.before_send is not None and not await self.before_send(job):
                     continue
@@ -187,21 +213,24 @@ class _Sender:
                 self.on_outcome(await self.deliver(job))
 
     async def deliver(self, job: SendJob) -> SendOutcome:
+        """Send one job (its first turn from the pacer already taken), retrying as its verdicts allow."""
         config = self.config
         first_start = time.monotonic()
         maybe_delivered = False  # an earlier attempt may have gone out: never report plain "failed" after that
         attempt = 0
         while True:
             attempt += 1
-            await self.pacer.wait_turn()
             started = time.perf_counter()
             try:
-                status, headers, verdict, error, msg_id = await self._attempt(job)
+                status, headers, verdict, error, msg_id, systemic = await self._attempt(job)
             except anyio.get_cancelled_exc_class():
                 # a forced stop with this request on the wire: whether it was delivered cannot be known
                 self.on_outcome(self._interrupted(job, attempt, started))
                 raise
             latency_ms = (time.perf_counter() - started) * 1000
+            if systemic is not None and systemic.confirm and not await self._name_still_missing():
+                # the name resolves after all (or the resolver cannot say): a bad moment, retried like any other
+                verdict, systemic = Verdict.TRANSIENT, None
             self._watch_breaker(verdict, error)
             if verdict is Verdict.AMBIGUOUS:
                 maybe_delivered = True
@@ -221,7 +250,9 @@ class _Sender:
                         await anyio.sleep(delay)
                     finally:
                         self.control.retrying -= 1
-                    continue
+                    if await self.pacer.wait_turn():
+                        continue
+                    # the run stopped while this row waited to be retried: it ends with this attempt's outcome
             if verdict is Verdict.SENT:
                 final = SENT
             elif maybe_delivered:
@@ -230,6 +261,8 @@ class _Sender:
                 final = FAILED
             if verdict is Verdict.AUTH:
                 self.control.abort(f"authentication failed ({error}); check api.sender_id and api.api_key")
+            elif systemic is not None:
+                self.control.abort(systemic.message(self.target))
             return SendOutcome(
                 row=job.row,
                 key=job.key,
@@ -258,7 +291,9 @@ class _Sender:
             latency_ms=round((time.perf_counter() - started) * 1000, 3),
         )
 
-    async def _attempt(self, job: SendJob) -> tuple[int | None, httpx.Headers | None, Verdict, str | None, str | None]:
+    async def _attempt(
+        self, job: SendJob
+    ) -> tuple[int | None, httpx.Headers | None, Verdict, str | None, str | None, SystemicFailure | None]:
         try:
             # asyncio's own timeout: anyio.fail_after was measured at 6% of a run's CPU, and the transport is
             # asyncio-only anyway
@@ -269,13 +304,37 @@ class _Sender:
                 response = await self.transport.handle_async_request(request)
                 content = await response.aread()
         except (httpx.HTTPError, TimeoutError) as exc:
-            return None, None, classify_exception(exc), describe_exception(exc), None
+            verdict = classify_exception(exc)
+            systemic = systemic_failure(exc) if verdict is Verdict.SYSTEMIC else None
+            return None, None, verdict, describe_exception(exc), None, systemic
         verdict = classify_status(response.status_code)
         body = parse_body(content)
         if verdict is Verdict.SENT:
-            return response.status_code, response.headers, verdict, None, message_id(body)
+            return response.status_code, response.headers, verdict, None, message_id(body), None
         text = error_text(response.status_code, content, body, secret=self.config.api_key)
-        return response.status_code, response.headers, verdict, text, None
+        return response.status_code, response.headers, verdict, text, None, None
+
+    async def _name_still_missing(self) -> bool:
+        """Look the API's host up again, a couple of times: True when it still has no address."""
+        host = self.url.raw_host.decode("ascii")
+        loop = asyncio.get_running_loop()
+        for delay in _NAME_RECHECK_DELAYS_S:
+            if not self.control.stopping:
+                await anyio.sleep(delay)
+            if self.control.stopping:
+                return False  # the run is stopping anyway (another row may have stopped it): nothing to decide
+            try:
+                async with asyncio.timeout(min(self.config.timeout_s, 5.0)):
+                    await loop.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+            except TimeoutError:
+                return False  # a resolver that does not answer says nothing about the name
+            except OSError as exc:
+                failure = systemic_failure(exc)
+                if failure is None or not failure.confirm:
+                    return False
+                continue
+            return False  # it resolves now
+        return True
 
     def _backoff_s(self, attempt: int) -> float:
         # exponential backoff with full jitter: spreads retries so they do not arrive together
@@ -293,6 +352,14 @@ class _Sender:
             self.consecutive_failures = 0
 
 
+def _ssl_context(config: SenderConfig) -> ssl.SSLContext | None:
+    """The trust for an https base URL, the same through either transport: the CA bundle named by api.ca_bundle
+    alone, or else OpenSSL's defaults - which honour SSL_CERT_FILE and SSL_CERT_DIR. None for plain http."""
+    if urlsplit(config.base_url).scheme != "https":
+        return None
+    return ssl.create_default_context(cafile=config.ca_bundle)
+
+
 def _transport(config: SenderConfig) -> httpx.AsyncBaseTransport:
     """transport.py's lean transport; httpx's own when the environment names a proxy for this URL (a local server -
     the sandbox, tests - is never proxied)."""
@@ -300,12 +367,14 @@ def _transport(config: SenderConfig) -> httpx.AsyncBaseTransport:
     host = parts.hostname or ""
     proxy = urllib.request.getproxies().get(parts.scheme)
     connect_s = min(config.timeout_s, 10.0)
+    context = _ssl_context(config)
     if proxy and host not in ("127.0.0.1", "localhost", "::1") and not urllib.request.proxy_bypass(host):
         return httpx.AsyncHTTPTransport(
             proxy=proxy,
+            verify=context if context is not None else True,
             limits=httpx.Limits(max_connections=config.concurrency, max_keepalive_connections=config.concurrency),
         )
-    return FastHTTPTransport(max_connections=config.concurrency, connect_timeout_s=connect_s)
+    return FastHTTPTransport(max_connections=config.concurrency, connect_timeout_s=connect_s, ssl_context=context)
 
 
 async def send_all(
@@ -324,6 +393,8 @@ async def send_all(
     False to skip the job (the caller then decides whether to stop the run)."""
     control = control or RunControl()
     pacer = pacer or Pacer()
+    # rows waiting for a turn (a rate limit, a server's pause) are released at once when the run stops
+    control.on_stop(pacer.close)
     send_stream, receive_stream = anyio.create_memory_object_stream[SendJob](config.concurrency)
     async with transport or _transport(config) as opened:
         sender = _Sender(config, opened, control, pacer, on_outcome, before_send, random.Random(seed))

@@ -9,6 +9,7 @@ import codecs
 import difflib
 import os
 import re
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
@@ -20,6 +21,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -126,6 +128,7 @@ class ApiSpec(_Strict):
     sender_id: str | None = None
     api_key: SecretStr | None = None
     timeout_s: float = Field(default=30.0, gt=0, le=600)
+    ca_bundle: Path | None = None  # PEM bundle of the CAs to trust instead of the system's; checked in load_spec
     sandbox: SandboxSpec | None = None
 
     @field_validator("base_url")
@@ -136,6 +139,14 @@ class ApiSpec(_Strict):
         if not re.match(URL_PATTERN, url):
             raise ValueError(f"{url!r} is neither an http(s) URL nor 'sandbox'")
         return url.rstrip("/")
+
+    @field_validator("ca_bundle")
+    @classmethod
+    def _https_only(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        url = info.data.get("base_url")  # absent when base_url itself was invalid
+        if path is not None and isinstance(url, str) and not url.startswith("https://"):
+            raise ValueError("only an https:// base_url uses a CA bundle (remove it, or use https://)")
+        return path
 
     @model_validator(mode="after")
     def _credentials(self) -> ApiSpec:
@@ -323,10 +334,15 @@ def load_spec(
     if not offline:
         _require_credentials(spec_path, spec.api, refs, env)
     base = spec_path.resolve().parent
+    ca_bundle = spec.api.ca_bundle
+    if ca_bundle is not None:
+        ca_bundle = (base / ca_bundle).resolve()
+        _check_ca_bundle(spec_path, ca_bundle)
     resolved = spec.model_copy(
         update={
             "spec_path": spec_path.resolve(),
             "input": spec.input.model_copy(update={"path": (base / spec.input.path).resolve()}),
+            "api": spec.api.model_copy(update={"ca_bundle": ca_bundle}),
             "output": spec.output.model_copy(
                 update={
                     "results": (base / spec.output.results).resolve(),
@@ -336,6 +352,23 @@ def load_spec(
         }
     )
     return resolved, warnings
+
+
+def _check_ca_bundle(spec_path: Path, path: Path) -> None:
+    """Load the bundle as the sender will: a wrong path or a file OpenSSL cannot use is a spec error, found before
+    anything is sent."""
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except ssl.SSLError as exc:
+        problem = f"no certificate OpenSSL can read in it ({str(exc.reason or exc).lower().replace('_', ' ')})"
+    except OSError as exc:
+        problem = exc.strerror or str(exc)
+    else:
+        return
+    raise SpecError(
+        f"{spec_path}: api.ca_bundle: cannot use {path}: {problem}. Hint: the path is relative to the spec file; "
+        "point it at a PEM file with the certificate of the CA that signed the server's certificate."
+    )
 
 
 def _unset_message(spec_path: Path, unset: list[tuple[str, str]]) -> str:

@@ -46,7 +46,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS messages (
     idempotency_key TEXT PRIMARY KEY,
     status TEXT NOT NULL,          -- in_flight | pending | sent | failed | unknown
-    verdict TEXT,                  -- sent | permanent | auth | transient | ambiguous
+    verdict TEXT,                  -- sent | permanent | auth | transient | ambiguous | systemic
     http_status INTEGER,
     message_id TEXT,
     error TEXT,

@@ -35,7 +35,9 @@ cancellation (the caller's deadline) at any point      ``CancelledError`` (anyio
                                                        it into ``TimeoutError``)        was handed out
 =====================================================  ===============================  ==========================
 
-Waiting for a free connection slot is not time-limited here; the caller's deadline cancels it.
+Waiting for a free connection slot is not time-limited here; the caller's deadline cancels it. The error behind a
+``ConnectError`` (``ssl.SSLCertVerificationError``, ``socket.gaierror``...) is kept as its ``__cause__``: the
+classification (outcome.py) reads it to tell a failure every request would share from a passing one.
 
 "Handed to the kernel" is what the transport can know for certain: if some request bytes never left the process,
 the server cannot have the complete request. On plain TCP this is exact (the socket transport reports when its

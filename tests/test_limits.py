@@ -109,3 +109,30 @@ def test_429_without_a_configured_rate_limits_to_half_the_achieved_rate(clock: F
 def test_bad_arguments_are_refused(rate: float, burst: int) -> None:
     with pytest.raises(ValueError, match="must be"):
         Pacer(rate_per_s=rate, burst=burst)
+
+
+@pytest.mark.parametrize("held_by", ["rate", "pause"])
+def test_closing_lets_every_waiter_go_at_once_without_a_turn(held_by: str) -> None:
+    # one turn an hour, or an hour's pause: without close() the waiters would wait that long
+    pacer = Pacer(rate_per_s=1 / 3600, burst=1) if held_by == "rate" else Pacer()
+    answers: list[bool] = []
+
+    async def wait() -> None:
+        answers.append(await pacer.wait_turn())
+
+    async def go() -> None:
+        if held_by == "rate":
+            assert await pacer.wait_turn()  # the burst's one turn
+        else:
+            pacer.pause_for(3600)
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as group:
+                for _ in range(3):
+                    group.start_soon(wait)
+                await anyio.wait_all_tasks_blocked()
+                assert answers == []
+                pacer.close()
+        answers.append(await pacer.wait_turn())  # and anyone who comes later
+
+    anyio.run(go)
+    assert answers == [False] * 4
