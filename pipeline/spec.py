@@ -119,6 +119,10 @@ class MessageSpec(_Strict):
     template_id: FieldSource
     variables: dict[str, FieldSource] = Field(min_length=1)
     webhook_url: FieldSource | None = None
+    # How typed (Parquet) columns become text: "readable" (0.3, 3, 2026-03-01 09:30:00) or "cast", polars' own cast
+    # (0.30000000000000004, 3.0, 2026-03-01 09:30:00.000000), the rule of sentdm-batch 0.1.0, kept so a campaign
+    # begun under it can finish without its rows getting new idempotency keys, and being sent again.
+    value_text: Literal["readable", "cast"] = "readable"
 
     @field_validator("variables")
     @classmethod
