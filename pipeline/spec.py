@@ -20,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    StringConstraints,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -35,6 +36,9 @@ SANDBOX = "sandbox"
 SANDBOX_SENDER_ID = "00000000-0000-4000-8000-000000000000"
 SANDBOX_API_KEY = "sandbox-key"  # a placeholder the local fake server accepts, not a secret
 RESULT_FORMATS = (".csv", ".parquet", ".jsonl")
+# Separators a spec may name in words: a tab cannot be typed visibly, and `;` or `|` read badly in YAML.
+SEPARATOR_NAMES = {"tab": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}
+TAB_SEPARATED_SUFFIXES = (".tsv", ".tab")
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}|\$\$")
 
@@ -67,10 +71,41 @@ class FieldSource(_Strict):
 
 
 class InputSpec(_Strict):
+    """The contacts file. `separator` is always the one character itself once loaded (`tab` becomes a tab), and
+    when the spec names none it follows the file: a tab for `.tsv`, a comma otherwise."""
+
     path: Path
     format: Literal["csv", "parquet"] | None = None
-    separator: str = Field(default=",", min_length=1, max_length=1)
+    # not stripped like every other string: a tab is whitespace, and "\t" is a separator users need
+    separator: Annotated[str, StringConstraints(strip_whitespace=False)] = ","
     encoding: str = "utf-8"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _separator_by_extension(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("separator") is not None or "path" not in data:
+            return data
+        suffix = Path(str(data["path"])).suffix.lower()
+        return {**data, "separator": "\t" if suffix in TAB_SEPARATED_SUFFIXES else ","}
+
+    @field_validator("separator", mode="before")
+    @classmethod
+    def _one_character(cls, raw: object) -> object:
+        if not isinstance(raw, str):
+            return raw
+        word = raw.strip().lower()
+        if word in SEPARATOR_NAMES:
+            return SEPARATOR_NAMES[word]
+        if word == "\\t":  # '\t' in single quotes is a backslash and a t in YAML; nobody separates by those
+            return "\t"
+        if raw == '"':
+            raise ValueError("the double quote cannot separate fields: it quotes them")
+        if len(raw) == 1 and raw not in "\r\n":
+            return raw
+        raise ValueError(
+            f"must be one character, or one of {', '.join(SEPARATOR_NAMES)} (got {raw!r}). "
+            'Hint: write `separator: tab` or `separator: ";"`'
+        )
 
     @field_validator("encoding")
     @classmethod
@@ -87,6 +122,10 @@ class MessageSpec(_Strict):
     template_id: FieldSource
     variables: dict[str, FieldSource] = Field(min_length=1)
     webhook_url: FieldSource | None = None
+    # How typed (Parquet) columns become text: "readable" (0.3, 3, 2026-03-01 09:30:00) or "cast", polars' own cast
+    # (0.30000000000000004, 3.0, 2026-03-01 09:30:00.000000), the rule of sentdm-batch 0.1.0, kept so a campaign
+    # begun under it can finish without its rows getting new idempotency keys, and being sent again.
+    value_text: Literal["readable", "cast"] = "readable"
 
     @field_validator("variables")
     @classmethod

@@ -100,16 +100,22 @@ def test_invalid_utf8_is_reported_with_its_line(tmp_path: Path) -> None:
 def test_a_missing_column_lists_the_columns_the_file_has(tmp_path: Path) -> None:
     path = csv_file(tmp_path, "id,first_name,phone\nA,Ann,1\n")
     assert read_error(path) == (
-        f"{path}: column(s) contact_id named in the spec are not in the file. The file has: id, first_name, phone. "
-        "Hint: fix the `column:` names under `message:` in the spec."
+        f"{path}: column(s) 'contact_id' named in the spec are not in the file. "
+        "The file has: 'id', 'first_name', 'phone'. "
+        "Hint: fix the `column:` names under `message:` in the spec, or the file's header line."
     )
 
 
-def test_repeated_or_blank_header_names_are_errors(tmp_path: Path) -> None:
+def test_repeated_header_names_are_errors_but_blank_ones_are_not_repeats(tmp_path: Path) -> None:
     path = csv_file(tmp_path, "contact_id,first_name,first_name\nA,B,C\n")
     assert read_error(path) == f"{path}: line 1: the header names column(s) 'first_name' more than once."
-    path = csv_file(tmp_path, "contact_id,first_name,\nA,B,C\n")
-    assert read_error(path) == f"{path}: line 1: the header has a blank column name. Hint: every column needs a name."
+    path = csv_file(tmp_path, "contact_id,,first_name,\nA,B,C,D\n")
+    assert read(path).columns == ["result_row", "contact_id", "first_name"]
+    path = csv_file(tmp_path, ",,\nA,B,C\n")
+    assert read_error(path) == (
+        f"{path}: line 1: the header line is blank. Hint: the first line must name the columns; "
+        "remove any blank lines above it."
+    )
 
 
 def test_parquet_keeps_its_types_and_rejects_nested_columns(tmp_path: Path) -> None:

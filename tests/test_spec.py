@@ -200,6 +200,48 @@ def test_unknown_encoding_and_bad_rate(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("written", "separator"),
+    [
+        ('"\\t"', "\t"),
+        ("tab", "\t"),
+        ("Tab", "\t"),
+        ("'\\t'", "\t"),
+        ("semicolon", ";"),
+        ('";"', ";"),
+        ("comma", ","),
+        ("pipe", "|"),
+        ('"|"', "|"),
+        ('" "', " "),
+    ],
+)
+def test_the_separator_is_the_character_itself_once_loaded(tmp_path: Path, written: str, separator: str) -> None:
+    text = yaml.safe_dump(spec_data(input={"path": "c.csv"}), sort_keys=False)
+    path = write(tmp_path, text.replace("path: c.csv", f"path: c.csv\n  separator: {written}"))
+    assert load_spec(path, environ={})[0].input.separator == separator
+
+
+@pytest.mark.parametrize(("name", "separator"), [("c.tsv", "\t"), ("C.TSV", "\t"), ("c.tab", "\t"), ("c.csv", ",")])
+def test_without_a_separator_a_tsv_file_is_tab_separated(tmp_path: Path, name: str, separator: str) -> None:
+    spec, _ = load_spec(write(tmp_path, spec_data(input={"path": name})), environ={})
+    assert spec.input.separator == separator
+    spec, _ = load_spec(write(tmp_path, spec_data(input={"path": name, "separator": ";"})), environ={})
+    assert spec.input.separator == ";"
+
+
+def test_a_separator_that_is_not_one_character_or_a_known_name(tmp_path: Path) -> None:
+    path = write(tmp_path, spec_data(input={"path": "c.csv", "separator": "tabs"}))
+    assert error_of(path) == (
+        f"{path}: the job spec is invalid:\n"
+        "  input.separator: must be one character, or one of tab, comma, semicolon, pipe (got 'tabs'). "
+        'Hint: write `separator: tab` or `separator: ";"`'
+    )
+    path = write(tmp_path, spec_data(input={"path": "c.csv", "separator": '"'}))
+    assert error_of(path) == (
+        f"{path}: the job spec is invalid:\n  input.separator: the double quote cannot separate fields: it quotes them"
+    )
+
+
 @pytest.mark.parametrize(("text", "per_s"), [("300/min", 5.0), ("5/s", 5.0), ("7200 / hour", 2.0), ("0.5/s", 0.5)])
 def test_rates_are_read_per_second(text: str, per_s: float) -> None:
     assert parse_rate(text) == per_s
