@@ -138,7 +138,7 @@ def validate_campaign(spec: CampaignSpec, *, output: Path | None = None) -> Vali
     results format (rows that would be sent are `valid`)."""
     if output is not None:
         check_outputs(_inputs(spec), [Output("--output", output, Kind.RESULTS)])
-    writer = results.ResultsWriter(output) if output is not None else None
+    writer = results.ResultsWriter(output, csv=results.CsvOptions.of(spec)) if output is not None else None
     rows = valid = invalid = duplicates = 0
     reasons = _ReasonTally()
     example: dict[str, Any] | None = None
@@ -229,6 +229,7 @@ class RunSummary:
     latency_p50_ms: float | None
     latency_p95_ms: float | None
     results_path: str
+    guarded_cells: int  # results CSV cells written with a `'` before them (output.csv_formula_guard)
     state_path: str | None
     dry_run: bool
     aborted_reason: str | None
@@ -477,6 +478,7 @@ class _Totals:
     rows: int = 0
     counts: dict[str, int] = field(default_factory=dict)
     errors: Counter[str] = field(default_factory=Counter)
+    guarded_cells: int = 0
 
     def add(self, table: pl.DataFrame) -> None:
         self.rows += table.height
@@ -503,7 +505,7 @@ def _write_results(
     """Write every row's outcome; rows with none are `not_attempted` with `not_sent_reason`, or, when it is None
     (a dry run), `valid`."""
     totals = _Totals()
-    writer = results.ResultsWriter(path, after_sending=after_sending)
+    writer = results.ResultsWriter(path, after_sending=after_sending, csv=results.CsvOptions.of(spec))
     try:
         for batch in prepared_batches(spec, options.shard, keys=store is not None):
             recorded = store.lookup(batch.payloads[payload.KEY].to_list()) if store is not None else _empty_outcomes()
@@ -514,6 +516,7 @@ def _write_results(
         writer.abort()
         raise
     writer.close()
+    totals.guarded_cells = writer.guarded_cells
     return totals
 
 
@@ -769,6 +772,7 @@ def _summarise(
         latency_p50_ms=_quantile(latency, 0.5),
         latency_p95_ms=_quantile(latency, 0.95),
         results_path=str(results_path),
+        guarded_cells=totals.guarded_cells,
         state_path=str(state_file) if state_file is not None else None,
         dry_run=options.dry_run,
         aborted_reason=control.abort_reason,

@@ -14,7 +14,7 @@ import polars as pl
 
 from pipeline.errors import OutputError, UsageError
 from pipeline.outputs import Kind, Output, check_outputs
-from pipeline.results import RESULT_SCHEMA, write_results
+from pipeline.results import RESULT_SCHEMA, CsvOptions, write_results
 from pipeline.shard import Shard
 from pipeline.source import unescape_formulas
 from pipeline.spec import CampaignSpec
@@ -85,23 +85,25 @@ def merge_shards(spec: CampaignSpec) -> MergeSummary:
     inputs = [("input.path", spec.input.path), ("the job spec", spec.spec_path)]
     inputs += [(f"the results of shard {i}", part) for i, part in enumerate(parts)]
     check_outputs(inputs, [Output("output.results", target, Kind.RESULTS)])
-    frames = [_read(part) for part in parts]
+    csv = CsvOptions.of(spec)  # the shards were written with the spec's options too
+    frames = [_read(part, csv.separator) for part in parts]
     merged = pl.concat(frames, how="vertical_relaxed").sort("result_row")
     if merged["result_row"].is_duplicated().any():
         raise UsageError(f"{target.parent}: shard results overlap (a row appears in two shards); not merging.")
-    write_results(merged, target)
+    # the shards' `'` were taken off on reading, so writing guards each cell once, as a run would
+    write_results(merged, target, csv=csv)
     counts = dict(merged.group_by("result_status").len().sort("result_status").iter_rows())
     return MergeSummary(spec.name, count, merged.height, {str(k): int(v) for k, v in counts.items()}, str(target))
 
 
-def _read(path: Path) -> pl.DataFrame:
+def _read(path: Path, separator: str) -> pl.DataFrame:
     try:
         if path.suffix == ".parquet":
             frame = pl.read_parquet(path)
         elif path.suffix == ".jsonl":
             frame = pl.read_ndjson(path)
         else:
-            frame = unescape_formulas(pl.read_csv(path, infer_schema=False))
+            frame = unescape_formulas(pl.read_csv(path, infer_schema=False, separator=separator))
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise UsageError(f"{path}: cannot read these shard results: {str(exc).splitlines()[0]}") from None
     return frame.with_columns(pl.col(name).cast(dtype) for name, dtype in RESULT_SCHEMA.items())

@@ -181,6 +181,11 @@ def format_summary(summary: RunSummary) -> str:
         timing += f", latency p50 {summary.latency_p50_ms:.1f} ms, p95 {summary.latency_p95_ms:.1f} ms"
     lines.append(timing)
     lines.append(f"Results: {summary.results_path}")
+    if summary.guarded_cells:
+        lines.append(
+            f"Spreadsheet safety: {summary.guarded_cells} cell(s) a spreadsheet could run as a formula (= @ + - ...) "
+            "were prefixed with ' (output.csv_formula_guard; reading the file back as input removes it)"
+        )
     if summary.state_path:
         lines.append(f"State: {summary.state_path}")
     return "\n".join(lines)

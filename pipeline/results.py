@@ -1,20 +1,26 @@
 """The results file: one row per input row, in input order, the input's columns unchanged followed by the result
 columns. Written atomically (temp file in the same folder, fsync, rename) as CSV, Parquet or JSON Lines, chosen by
-the file's extension. In CSV, text cells that a spreadsheet would run as a formula are prefixed with `'`; source.py
-removes that prefix when a results file is read back as input, so values round-trip exactly.
+the file's extension. A CSV is UTF-8, with the input's separator unless `output.csv_separator` names another, a byte
+order mark only with `output.csv_bom`, and a `'` before cells a spreadsheet could run as a formula unless
+`output.csv_formula_guard` is off (formulas.py has the rule; source.py takes the `'` off when a results CSV is read
+back as input, so values round-trip exactly).
 """
 
 from __future__ import annotations
 
+import codecs
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import polars as pl
 
 from pipeline.errors import OutputError
+from pipeline.formulas import quote_cells
 from pipeline.source import ROW_COLUMN
+from pipeline.spec import CampaignSpec
 
 RESULT_SCHEMA: dict[str, type[pl.DataType]] = {
     "result_row": pl.Int64,
@@ -26,8 +32,25 @@ RESULT_SCHEMA: dict[str, type[pl.DataType]] = {
     "result_sent_at": pl.String,
     "result_latency_ms": pl.Float64,
 }
-# a leading quote is escaped too, so that unescaping on read is exact
-_FORMULA_START = r"^'*[=+\-@\t\r]"
+
+
+@dataclass(frozen=True)
+class CsvOptions:
+    """How a results CSV is written (other formats ignore these)."""
+
+    separator: str = ","
+    bom: bool = False
+    formula_guard: bool = True
+
+    @classmethod
+    def of(cls, spec: CampaignSpec) -> CsvOptions:
+        """The spec's choices; the separator defaults to the input's, so a `;` file comes back a `;` file."""
+        output = spec.output
+        return cls(
+            separator=output.csv_separator or spec.input.separator,
+            bom=output.csv_bom,
+            formula_guard=output.csv_formula_guard,
+        )
 
 
 def assemble_results(frame: pl.DataFrame, outcomes: pl.DataFrame) -> pl.DataFrame:
@@ -40,11 +63,15 @@ def assemble_results(frame: pl.DataFrame, outcomes: pl.DataFrame) -> pl.DataFram
     return joined.select(*input_columns, *RESULT_SCHEMA)
 
 
-def write_results(results: pl.DataFrame, path: Path, *, after_sending: bool = False) -> None:
-    """Replace `path` with `results` atomically. Raises OutputError (no traceback) when it cannot."""
-    writer = ResultsWriter(path, after_sending=after_sending)
+def write_results(
+    results: pl.DataFrame, path: Path, *, after_sending: bool = False, csv: CsvOptions | None = None
+) -> int:
+    """Replace `path` with `results` atomically; returns how many cells the CSV guard prefixed with `'`. Raises
+    OutputError (no traceback) when it cannot."""
+    writer = ResultsWriter(path, after_sending=after_sending, csv=csv)
     writer.write(results)
     writer.close()
+    return writer.guarded_cells
 
 
 class ResultsWriter:
@@ -52,14 +79,16 @@ class ResultsWriter:
     Memory stays flat: CSV and JSON Lines are appended; Parquet batches go to part files that are streamed into one
     file at the end."""
 
-    def __init__(self, path: Path, *, after_sending: bool = False) -> None:
+    def __init__(self, path: Path, *, after_sending: bool = False, csv: CsvOptions | None = None) -> None:
         self.path = path
         self.after_sending = after_sending
+        self.csv = csv or CsvOptions()
         self.suffix = path.suffix.lower()
         self.temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         self._parts: list[Path] = []
         self._out: BinaryIO | None = None
         self.rows = 0
+        self.guarded_cells = 0  # CSV cells written with a `'` before them, over all batches
         self._guard(lambda: path.parent.mkdir(parents=True, exist_ok=True))
 
     def write(self, batch: pl.DataFrame) -> None:
@@ -74,10 +103,14 @@ class ResultsWriter:
             return
         if self._out is None:
             self._out = open(self.temp, "wb")  # noqa: SIM115 - kept open across batches, closed in close()/abort()
+            if self.suffix != ".jsonl" and self.csv.bom:
+                self._out.write(codecs.BOM_UTF8)
         if self.suffix == ".jsonl":
             batch.write_ndjson(self._out)
-        else:
-            _escape_formulas(batch).write_csv(self._out, include_header=self.rows == 0)
+            return
+        quoted, guarded = quote_cells(batch, formula_guard=self.csv.formula_guard)
+        quoted.write_csv(self._out, include_header=self.rows == 0, separator=self.csv.separator)
+        self.guarded_cells += guarded
 
     def close(self) -> None:
         """Flush, fsync, and rename over the results file."""
@@ -136,14 +169,6 @@ def check_writable(path: Path) -> None:
         raise OutputError(
             f"{path}: the results file cannot be written there: {exc.strerror or exc}. Hint: fix output.results."
         ) from None
-
-
-def _escape_formulas(results: pl.DataFrame) -> pl.DataFrame:
-    text_columns = [name for name, dtype in results.schema.items() if dtype == pl.String]
-    return results.with_columns(
-        pl.when(pl.col(c).str.contains(_FORMULA_START)).then(pl.lit("'") + pl.col(c)).otherwise(pl.col(c)).alias(c)
-        for c in text_columns
-    )
 
 
 def _fsync_dir(folder: Path) -> None:

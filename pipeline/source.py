@@ -26,6 +26,7 @@ from pathlib import Path
 import polars as pl
 
 from pipeline.errors import InputError
+from pipeline.formulas import unquote_cells
 from pipeline.spec import InputSpec
 
 ROW_COLUMN = "result_row"
@@ -41,8 +42,6 @@ RESULT_COLUMNS = (
     "result_sent_at",
     "result_latency_ms",
 )
-# A cell written as `'=...` in a results CSV was escaped so spreadsheets do not run it; see results.py.
-_ESCAPED_CELL = r"^'+[=+\-@\t\r]"
 BLOCK_BYTES = 2 << 20  # 20,000-40,000 typical rows: big enough for polars to be fast, small enough to stay flat
 PARQUET_BATCH_ROWS = 50_000
 # No contact row is this long: a record still open after this many blocks is a quote that was never closed, and
@@ -159,12 +158,8 @@ def read_contacts(source: InputSpec, fmt: str, *, required: Sequence[str]) -> pl
 
 
 def unescape_formulas(frame: pl.DataFrame) -> pl.DataFrame:
-    """Undo the spreadsheet escaping of a results CSV (see results.py), so values round-trip exactly."""
-    text = [name for name, dtype in frame.schema.items() if dtype == pl.String]
-    return frame.with_columns(
-        pl.when(pl.col(c).str.contains(_ESCAPED_CELL)).then(pl.col(c).str.slice(1)).otherwise(pl.col(c)).alias(c)
-        for c in text
-    )
+    """Undo the spreadsheet escaping of a results CSV (see formulas.py), so values round-trip exactly."""
+    return unquote_cells(frame)
 
 
 # --- what the file is, and what it calls its columns ---------------------------------------------------------------

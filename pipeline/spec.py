@@ -252,9 +252,31 @@ def parse_rate(text: str) -> float:
     return float(match.group(1)) / _PER_S[match.group(2)]
 
 
+_SEPARATOR_NAMES = {"\\t": "\t", "tab": "\t", "semicolon": ";", "comma": ",", "pipe": "|"}
+
+
+def parse_separator(text: str) -> str:
+    """A CSV separator as a spec writes it: one character, or a name: `tab` (also the two characters `\\t`, as
+    YAML reads `'\\t'`), `semicolon`, `comma`, `pipe`."""
+    separator = _SEPARATOR_NAMES.get(text.lower(), text)
+    # polars writes one byte; a quote or line break would make the file unreadable
+    if len(separator) != 1 or not separator.isascii() or separator in '"\r\n':
+        raise ValueError(
+            f"separator {text!r} is not one character other than a quote or line break, nor one of tab, semicolon, "
+            "comma, pipe"
+        )
+    return separator
+
+
+_CSV_OPTIONS = ("csv_separator", "csv_bom", "csv_formula_guard")
+
+
 class OutputSpec(_Strict):
     results: Path
     state: Path | None = None  # default: CAMPAIGN.state.sqlite beside the results file
+    csv_separator: str | None = None  # default: input.separator
+    csv_bom: bool = False
+    csv_formula_guard: bool = True
 
     @field_validator("results")
     @classmethod
@@ -262,6 +284,24 @@ class OutputSpec(_Strict):
         if path.suffix.lower() not in RESULT_FORMATS:
             raise ValueError(f"results file must end in .csv, .parquet or .jsonl, not {path.name!r}")
         return path
+
+    # "plain" skips the model's whitespace stripping, which would turn a tab or a space into nothing
+    @field_validator("csv_separator", mode="plain")
+    @classmethod
+    def _separator(cls, text: object) -> str | None:
+        if text is None:
+            return None
+        if not isinstance(text, str):
+            raise ValueError(f"must be text such as ';' or tab, not {text!r}")
+        return parse_separator(text)
+
+    @model_validator(mode="after")
+    def _csv_options_only_for_csv(self) -> OutputSpec:
+        given = [key for key in _CSV_OPTIONS if key in self.model_fields_set]
+        if given and self.results.suffix.lower() != ".csv":
+            # a setting that cannot apply is most likely a mistake in the spec, like an unknown key
+            raise ValueError(f"{', '.join(given)} apply only to .csv results, not {self.results.name!r}")
+        return self
 
 
 class CampaignSpec(_Strict):

@@ -150,6 +150,8 @@ class SeenKeys:
         return found
 
     def _add(self, keys: pl.DataFrame) -> None:
+        if keys.height == 0:  # a batch of nothing but repeats: an empty run would make `_contains` gather from nothing
+            return
         self._runs.append(keys.sort("hi"))
         while len(self._runs) >= 2:
             last, before = self._runs[-1], self._runs[-2]

@@ -130,7 +130,7 @@ def test_blank_and_separator_only_lines_are_skipped_not_rows(cli: Cli, tmp_path:
     code, out, err = cli("validate", spec, "--output", output)
     assert (code, err) == (0, "")
     assert "  rows read   4\n  valid       4\n  invalid     0\n" in out
-    results = pl.read_csv(output, infer_schema=False)
+    results = pl.read_csv(output, infer_schema=False, separator=";")  # results follow the input's separator
     # row numbers are positions of data rows: the skipped lines get no results row and take no number
     assert results["result_row"].to_list() == ["1", "2", "3", "4"]
     assert results["first_name"].to_list() == ["Name1", "José", "Name3", "Name4"]
@@ -232,7 +232,7 @@ def test_an_unnamed_trailing_column_is_ignored_with_a_note(cli: Cli, tmp_path: P
     code, out, err = cli("validate", spec, "--output", tmp_path / "check.csv")
     assert (code, err) == (0, "")
     assert rows_read(out) == 3
-    assert pl.read_csv(tmp_path / "check.csv").columns[:4] == [*HEADER, "result_row"]
+    assert pl.read_csv(tmp_path / "check.csv", separator=";").columns[:4] == [*HEADER, "result_row"]
     opened = open_contacts(InputSpec(path=tmp_path / "contacts.csv", separator=";"), "csv", required=HEADER)
     assert opened.columns == HEADER
     assert opened.notes == [

@@ -151,3 +151,18 @@ def test_seen_keys_tell_apart_contents_whose_first_hash_collides() -> None:
     seen._add(pl.DataFrame({"hi": [5, 9, 5, 5], "lo": [1, 1, 2, 3]}, schema={"hi": pl.UInt64, "lo": pl.UInt32}))
     probe = pl.DataFrame({"hi": [5, 5, 7, 9], "lo": [3, 4, 1, 1]}, schema={"hi": pl.UInt64, "lo": pl.UInt32})
     assert seen._contains(probe).to_list() == [True, False, False, True]
+
+
+def test_a_batch_of_nothing_but_repeats_leaves_the_set_usable_for_the_next() -> None:
+    seen = SeenKeys()
+    schema = {"result_row": pl.Int64, "content": pl.String, "result_status": pl.String, "result_error": pl.String}
+
+    def batch(first_row: int, contents: list[str]) -> pl.DataFrame:
+        rows = range(first_row, first_row + len(contents))
+        return pl.DataFrame(
+            {"result_row": rows, "content": contents, "result_status": None, "result_error": None}, schema=schema
+        )
+
+    seen.mark_duplicates(batch(1, ["a", "b"]))
+    assert seen.mark_duplicates(batch(3, ["a", "b"]))["result_status"].to_list() == ["duplicate"] * 2
+    assert seen.mark_duplicates(batch(5, ["b", "c"]))["result_status"].to_list() == ["duplicate", None]
