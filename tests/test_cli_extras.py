@@ -104,9 +104,10 @@ def test_a_terminal_gets_a_progress_bar(tmp_path: Path) -> None:
     process.wait(timeout=30)
     os.close(leader)
     screen = seen.decode("utf-8", "replace")
-    assert re.search(r"50row \[.*row/s, failed=0, sent=45\]", screen), screen
+    assert re.search(r"50row \[.*row/s, sent=45, failed=0\]", screen), screen
     assert "\r" in screen  # a bar redrawn in place, not log lines
-    assert "sending " not in screen
+    assert screen.startswith("sending campaign order-shipped-2026-11: rows from ")  # what it is doing, once
+    assert "progress: " not in screen
 
 
 def test_an_internal_error_is_reported_as_a_bug_with_exit_70(
