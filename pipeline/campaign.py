@@ -68,6 +68,8 @@ class ValidationReport:
     duplicates: int
     reasons: list[ReasonCount]
     example_payload: dict[str, Any] | None
+    skipped_lines: int = 0  # blank and separator-only lines of the input (not rows)
+    notes: list[str] = field(default_factory=list)  # about the input, e.g. unnamed columns left out
 
 
 @dataclass(frozen=True)
@@ -79,11 +81,19 @@ class PreparedBatch:
     payloads: pl.DataFrame  # result_row, payload (JSON text), idempotency_key - rows to send, in input order
 
 
-def prepared_batches(spec: CampaignSpec, shard: Shard | None = None, *, keys: bool = True) -> Iterator[PreparedBatch]:
+def prepared_batches(
+    spec: CampaignSpec,
+    shard: Shard | None = None,
+    *,
+    keys: bool = True,
+    opened: list[source.ContactSource] | None = None,
+) -> Iterator[PreparedBatch]:
     """Read, validate and build payloads batch by batch (only the rows of `shard`, if given). Duplicates are found
     across the whole input. Idempotency keys, the costliest part, are derived only for the rows to send, and only
     when `keys` (validation alone does not need them). Raises InputError for an unusable file."""
     contacts = source.open_contacts(spec.input, spec.input_format, required=spec.message.columns())
+    if opened is not None:  # the caller reads the skipped-line count and the notes after the pass
+        opened.append(contacts)
     seen = validate.SeenKeys()
     for frame in contacts.batches():
         fields = payload.message_fields(frame, spec.message)
@@ -143,7 +153,8 @@ def validate_campaign(spec: CampaignSpec, *, output: Path | None = None) -> Vali
     reasons = _ReasonTally()
     example: dict[str, Any] | None = None
     try:
-        for batch in prepared_batches(spec, keys=False):
+        opened: list[source.ContactSource] = []
+        for batch in prepared_batches(spec, keys=False, opened=opened):
             rows += batch.frame.height
             valid += batch.payloads.height
             statuses = batch.checked[validate.STATUS]
@@ -160,7 +171,10 @@ def validate_campaign(spec: CampaignSpec, *, output: Path | None = None) -> Vali
         raise
     if writer is not None:
         writer.close()
-    return ValidationReport(rows, valid, invalid, duplicates, reasons.report(), example)
+    contacts = opened[0]
+    return ValidationReport(
+        rows, valid, invalid, duplicates, reasons.report(), example, contacts.skipped_blank_lines, list(contacts.notes)
+    )
 
 
 # --- run ---------------------------------------------------------------------------------------------------------
@@ -229,6 +243,8 @@ class RunSummary:
     latency_p50_ms: float | None
     latency_p95_ms: float | None
     results_path: str
+    skipped_lines: int  # blank and separator-only lines of the input (not rows, no results row)
+    input_notes: list[str]  # about the input, e.g. unnamed columns left out of the results
     guarded_cells: int  # results CSV cells written with a `'` before them (output.csv_formula_guard)
     state_path: str | None
     dry_run: bool
@@ -479,6 +495,8 @@ class _Totals:
     counts: dict[str, int] = field(default_factory=dict)
     errors: Counter[str] = field(default_factory=Counter)
     guarded_cells: int = 0
+    skipped_lines: int = 0
+    notes: list[str] = field(default_factory=list)
 
     def add(self, table: pl.DataFrame) -> None:
         self.rows += table.height
@@ -507,7 +525,8 @@ def _write_results(
     totals = _Totals()
     writer = results.ResultsWriter(path, after_sending=after_sending, csv=results.CsvOptions.of(spec))
     try:
-        for batch in prepared_batches(spec, options.shard, keys=store is not None):
+        opened: list[source.ContactSource] = []
+        for batch in prepared_batches(spec, options.shard, keys=store is not None, opened=opened):
             recorded = store.lookup(batch.payloads[payload.KEY].to_list()) if store is not None else _empty_outcomes()
             table = _final_outcomes(batch, recorded, not_sent_reason)
             totals.add(table)
@@ -517,6 +536,8 @@ def _write_results(
         raise
     writer.close()
     totals.guarded_cells = writer.guarded_cells
+    totals.skipped_lines = opened[0].skipped_blank_lines
+    totals.notes = list(opened[0].notes)
     return totals
 
 
@@ -772,6 +793,8 @@ def _summarise(
         latency_p50_ms=_quantile(latency, 0.5),
         latency_p95_ms=_quantile(latency, 0.95),
         results_path=str(results_path),
+        skipped_lines=totals.skipped_lines,
+        input_notes=totals.notes,
         guarded_cells=totals.guarded_cells,
         state_path=str(state_file) if state_file is not None else None,
         dry_run=options.dry_run,

@@ -257,6 +257,10 @@ def _print_validation(spec: CampaignSpec, report: ValidationReport, out: TextIO)
     print(f"  valid       {report.valid:>{width}}", file=out)
     print(f"  invalid     {report.invalid:>{width}}", file=out)
     print(f"  duplicates  {report.duplicates:>{width}}", file=out)
+    if report.skipped_lines:
+        print(f"  skipped {report.skipped_lines} blank or separator-only line(s) (not rows)", file=out)
+    for note in report.notes:
+        print(f"Note: {note}", file=out)
     if report.reasons:
         print("Invalid rows by reason:", file=out)
         for reason in report.reasons:

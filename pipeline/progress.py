@@ -148,6 +148,9 @@ def format_summary(summary: RunSummary) -> str:
     lines = [f"{title} of campaign {summary.campaign}{where}: {summary.rows} row(s)"]
     if summary.retry:
         lines.append(_retry_line(summary))
+    lines += [f"Note: {note}" for note in summary.input_notes]
+    if summary.skipped_lines:
+        lines.append(f"Skipped {summary.skipped_lines} blank or separator-only line(s) of the input (not rows)")
     if summary.skipped:
         lines.append(
             f"Resumed: {summary.skipped} row(s) already had an outcome from an earlier run and were not sent again"

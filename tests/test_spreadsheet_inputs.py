@@ -401,3 +401,19 @@ def test_floats_keep_the_digits_their_type_holds_and_never_use_an_exponent() -> 
         "1234.568",
         "340000000000000000000000000000000000000",
     ]
+
+
+def test_validate_and_run_summaries_count_skipped_lines_and_carry_the_notes(cli: Cli, tmp_path: Path) -> None:
+    spec = campaign(tmp_path, excel_export("utf-8"), separator="semicolon")
+    code, out, err = cli("validate", spec)
+    assert (code, err) == (0, "")
+    assert "  skipped 6 blank or separator-only line(s) (not rows)\n" in out
+    code, out, _ = cli("run", spec)
+    assert code == 0
+    assert "Skipped 6 blank or separator-only line(s) of the input (not rows)\n" in out
+    unnamed = lines(*(row + ";;" for row in contacts(";")), newline="\r\n")
+    spec = campaign(tmp_path, unnamed, separator=";")
+    code, out, _ = cli("validate", spec)
+    assert code == 0
+    assert "Note: " in out
+    assert "no name" in out
