@@ -6,8 +6,8 @@ value. This module owns doing the same for a million values without a million Py
 
 - the common shapes of input (digits with spaces, dots, hyphens, parentheses, a leading `+`, a `tel:` prefix) are
   parsed with polars expressions built from libphonenumber's own metadata - the default region's international
-  and national prefixes, the country calling codes, and each region's number patterns - following the steps of
-  `phonenumbers.parse` and `is_valid_number` one by one;
+  and national prefixes, the country calling codes, each region's national prefix and number patterns - following
+  the steps of `phonenumbers.parse` and `is_valid_number` one by one;
 - anything else (letters, extensions, other scripts' digits, a `+` the metadata cannot place, a region whose
   patterns polars' regex engine would not take) goes to `decide_phone`, once per distinct text.
 
@@ -17,9 +17,7 @@ Reasons never contain the number: values are people's data; the caller adds the 
 from __future__ import annotations
 
 import functools
-import operator
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import phonenumbers
@@ -42,31 +40,36 @@ _MISSING_REGION_MESSAGE = "Missing or invalid default region."
 _MAX_INPUT_CHARS = 250
 _MIN_NSN = 2
 _MAX_NSN = 17
-_NON_GEO_REGION = "001"
 
 # Inputs the expressions parse. Everything before the first digit or `+` is dropped by phonenumbers (so a `tel:`
 # prefix is harmless); the separators are all in its "valid punctuation", which it ignores; a `+` may only lead.
-# With at least three digits such a text is always a "viable" number to phonenumbers, and no extension pattern of
-# its can match (each needs a letter, `#`, `,`, `;` or `~`).
+# With at least three digits such a text is always a "viable" number to phonenumbers, and none of its extension
+# patterns can match (each needs a letter, `#`, `,`, `;` or `~`).
 _SEPARATORS = " \u00a0().\\-/"
 _SIMPLE = f"^(?:[Tt][Ee][Ll]:)?[{_SEPARATORS}]*\\+?[0-9{_SEPARATORS}]*$"
-_MIN_SIMPLE_DIGITS = 3  # fewer digits is where phonenumbers' viability rules get subtle
+_PLAIN = r"^\+?[0-9]+$"  # E.164 as written, or digits alone: finding their digits needs no regex
+_MIN_SIMPLE_DIGITS = 3  # with fewer, phonenumbers' rules for what is a number at all get subtle
 
 # working columns
 _I = "_i"
 _TEXT = "_text"
 _TRIMMED = "_trimmed"
+_KIND = "_kind"
 _DIGITS = "_digits"
 _PLUS = "_plus"
-_SIMPLE_TEXT = "_simple"
 _REST = "_rest"  # the digits after a `+` or an international prefix
-_KIND = "_kind"
 _CC = "_cc"
 _NNN = "_nnn"  # the national number before parse strips a national prefix
-_OWN_RULES = "_own_rules"  # a national number: the default region's national prefix applies, not the code's main one
+_PARSING = "_parsing"  # key of the region whose national prefix parse strips
 _NSN = "_nsn"
+_MAIN = "_main"  # key of the calling code's main region
+_ZONE = "_zone"  # first digit of the calling code
+_KEYED = "_keyed"  # a region's key, ":" and a number: the text the keyed patterns match
+_MATCH = "_match"
+_CANDIDATE = "_candidate"  # the national number with its national prefix stripped, if parse allows it
 _OK = "_ok"
 _CLAIMED = "_claimed"
+_UNCLAIMED = "_unclaimed"
 _VALID = "_valid"
 
 
@@ -99,7 +102,7 @@ def normalise_phones(numbers: pl.Series, *, default_region: str | None) -> pl.Da
     """One row per element of `numbers`, in order: `e164` (null unless valid) and `phone_error` (null if valid).
 
     `default_region` (e.g. "US") is where numbers written without a country code are from; without it only
-    numbers with a leading `+` can be valid."""
+    numbers with a leading `+` can be valid. An unknown region is a ValueError."""
     return normalise_phones_with_stats(numbers, default_region=default_region)[0]
 
 
@@ -111,20 +114,23 @@ def add_phone_columns(
     return frame.with_columns(phones[E164].alias(e164), phones[PHONE_ERROR].alias(error))
 
 
-def normalise_phones_with_stats(numbers: pl.Series, *, default_region: str | None) -> tuple[pl.DataFrame, PhoneStats]:
-    """`normalise_phones`, and how much of it needed phonenumbers value by value."""
+def normalise_phones_with_stats(
+    numbers: pl.Series, *, default_region: str | None, own_query_rows: int | None = None
+) -> tuple[pl.DataFrame, PhoneStats]:
+    """`normalise_phones`, and how much of it needed phonenumbers value by value. `own_query_rows` overrides how
+    many numbers of one calling code get a query of their own (a tuning knob; tests use it to take either path)."""
     region = _checked_region(default_region)
     frame = pl.DataFrame({_TEXT: numbers.cast(pl.String)}).with_row_index(_I)
     sorted_ = _Sorted()
     simple = _sort_texts(frame, sorted_)
     _sort_numbers(simple, region, sorted_)
-    _check_numbers(region, sorted_)
-    fallback = pl.concat(sorted_.fallback) if sorted_.fallback else frame.clear()
+    _check_numbers(sorted_, _OWN_QUERY_ROWS if own_query_rows is None else own_query_rows)
+    indices = pl.concat(sorted_.fallback) if sorted_.fallback else pl.Series(_I, [], dtype=pl.UInt32)
+    fallback = pl.DataFrame({_I: indices, _TEXT: frame[_TEXT].gather(indices)})
     values = fallback[_TEXT].unique()
     sorted_.verdicts.append(fallback.join(_decide_each(values, region), on=_TEXT, how="left").drop(_TEXT))
     result = pl.concat(sorted_.verdicts).sort(_I).drop(_I)
-    stats = PhoneStats(rows=frame.height, fallback_rows=fallback.height, fallback_values=values.len())
-    return result, stats
+    return result, PhoneStats(rows=frame.height, fallback_rows=fallback.height, fallback_values=values.len())
 
 
 def _checked_region(default_region: str | None) -> str | None:
@@ -151,7 +157,30 @@ def _decide_each(values: pl.Series, region: str | None) -> pl.DataFrame:
     )
 
 
-# --- libphonenumber's metadata as polars regular expressions --------------------------------------------------
+# --- libphonenumber's metadata, reduced to what parse and is_valid_number use ------------------------------------
+
+
+class _Unsupported(Exception):
+    """A metadata pattern polars' regex engine does not take: the numbers it concerns go to the fallback."""
+
+
+@functools.cache
+def _compiles(pattern: str) -> bool:
+    try:
+        pl.select(pl.lit("0").str.contains(pattern))
+    except pl.exceptions.ComputeError:
+        return False
+    return True
+
+
+@functools.cache
+def _regex(pattern: str) -> str:
+    """`pattern` for polars (Rust's `regex`), preferably with ASCII classes: the texts it sees are ASCII digits,
+    and libphonenumber's patterns with Unicode `\\d` take about four times as long to compile (measured)."""
+    for candidate in (f"(?-u){pattern}", pattern):
+        if _compiles(candidate):
+            return candidate
+    raise _Unsupported(pattern)
 
 
 def _full(pattern: str) -> str:
@@ -162,55 +191,22 @@ def _prefix(pattern: str) -> str:
     return f"^(?:{pattern})"
 
 
-@functools.cache
-def _compiles(pattern: str) -> bool:
-    """Whether polars' regex engine (Rust's `regex`) takes the pattern: libphonenumber's patterns are written for
-    Java's engine and would lose a region to the fallback if one used, say, a look-ahead."""
-    try:
-        pl.select(pl.lit("0").str.contains(pattern))
-    except pl.exceptions.ComputeError:
-        return False
-    return True
-
-
-class _Unsupported(Exception):
-    """Some pattern of a region's metadata does not compile in polars: its numbers go to the fallback."""
-
-
-def _checked(pattern: str) -> str:
-    """The pattern for polars, preferably with ASCII-only classes: the texts it sees are ASCII digits, and polars
-    compiles each pattern again on every call (its cache holds 32 per thread), which for libphonenumber's long
-    patterns with Unicode `\\d` costs about four times as much (measured)."""
-    for candidate in (f"(?-u){pattern}", pattern):
-        if _compiles(candidate):
-            return candidate
-    raise _Unsupported(pattern)
-
-
-def _within(length: pl.Expr, lengths: tuple[int, ...]) -> pl.Expr:
-    # no possible lengths on a description means "those of the general description", already checked
-    return length.is_in(list(lengths)) if lengths else pl.lit(value=True)
-
-
 @dataclass(frozen=True)
-class _Validity:
-    """What `_number_type_helper` accepts for one region: a number that matches the general description and at
-    least one number type, each with its possible lengths. Types that share their lengths share one regex."""
+class _Region:
+    """One region's metadata (raw patterns as libphonenumber writes them)."""
 
-    general_lengths: tuple[int, ...]
-    general: str | None
+    key: str  # calling code and region, e.g. "1/US" or "800/001": unique, unlike region codes alone
+    country_code: str
+    general: str | None  # general_desc: a "viable" number when parsing; the first test of validity
+    lengths: tuple[int, ...]
+    local_lengths: tuple[int, ...]
+    # the number types `_number_type_helper` tries, grouped by their possible lengths (empty: any length)
     typed: tuple[tuple[tuple[int, ...], str], ...]
-
-    def expr(self, nsn: pl.Expr) -> pl.Expr:
-        if self.general is None or not self.typed:
-            return pl.lit(value=False)
-        length = nsn.str.len_bytes()
-        types = (_within(length, lengths) & nsn.str.contains(pattern) for lengths, pattern in self.typed)
-        return (
-            _within(length, self.general_lengths)
-            & nsn.str.contains(self.general)
-            & functools.reduce(operator.or_, types)
-        )
+    national_prefix: str | None  # national_prefix_for_parsing
+    transform: str | None  # national_prefix_transform_rule, in polars' replacement syntax
+    transform_group: int  # the group whose presence makes parse rewrite rather than strip
+    international_prefix: str | None
+    leading_digits: str | None
 
 
 _TYPES_BUT_MOBILE = (
@@ -226,229 +222,320 @@ _TYPES_BUT_MOBILE = (
 )
 
 
-def _validity(metadata: PhoneMetadata) -> _Validity:
-    types = list(_TYPES_BUT_MOBILE)
+def _typed(metadata: PhoneMetadata) -> tuple[tuple[tuple[int, ...], str], ...]:
+    names = list(_TYPES_BUT_MOBILE)
     # with identical fixed-line and mobile patterns libphonenumber never looks at the mobile description (whose
     # lengths may differ), so neither may we
     if not metadata.same_mobile_and_fixed_line_pattern:
-        types.append("mobile")
-    patterns: dict[tuple[int, ...], list[str]] = {}
-    for name in types:
+        names.append("mobile")
+    groups: dict[tuple[int, ...], list[str]] = {}
+    for name in names:
         desc = getattr(metadata, name)
-        if desc is None or not desc.national_number_pattern:
-            continue
-        patterns.setdefault(tuple(desc.possible_length), []).append(desc.national_number_pattern)
-    general = metadata.general_desc
-    if general is None or not general.national_number_pattern:
-        return _Validity((), None, ())
-    return _Validity(
-        general_lengths=tuple(general.possible_length),
-        general=_checked(_full(general.national_number_pattern)),
-        typed=tuple((lengths, _checked(_full("|".join(group)))) for lengths, group in patterns.items()),
-    )
-
-
-@dataclass(frozen=True)
-class _NationalPrefix:
-    """`national_prefix_for_parsing` (anchored) and, for the few regions that rewrite rather than strip, its
-    `national_prefix_transform_rule` in polars' replacement syntax and the group whose presence triggers it."""
-
-    pattern: str
-    transform: str | None
-    last_group: int
-
-
-def _national_prefix(metadata: PhoneMetadata) -> _NationalPrefix | None:
-    pattern = metadata.national_prefix_for_parsing
-    if not pattern:
-        return None
-    anchored = _checked(_prefix(pattern))
-    rule = metadata.national_prefix_transform_rule
-    if not rule:
-        return _NationalPrefix(anchored, None, 0)
-    groups = re.compile(pattern).groups
-    if groups == 0:  # phonenumbers would fail on such metadata; let it
-        raise _Unsupported(pattern)
-    transform = re.sub(r"\\(\d)", r"${\1}", rule.replace("$", "$$"))
-    return _NationalPrefix(anchored, transform, groups)
-
-
-@dataclass(frozen=True)
-class _Region:
-    """One region's metadata, reduced to the parsing and validation steps."""
-
-    country_code: str
-    general: str | None  # a "viable" national number to `_maybe_strip_national_prefix_carrier_code`
-    lengths: tuple[int, ...]
-    local_lengths: tuple[int, ...]
-    national_prefix: _NationalPrefix | None
-    international_prefix: str | None
-    leading_digits: str | None
-    validity: _Validity
-
-
-def _region_rules(metadata: PhoneMetadata) -> _Region:
-    general = metadata.general_desc
-    pattern = general.national_number_pattern if general is not None else None
-    idd = metadata.international_prefix
-    return _Region(
-        country_code=str(metadata.country_code),
-        general=_checked(_full(pattern)) if pattern else None,
-        lengths=tuple(general.possible_length) if general is not None else (),
-        local_lengths=tuple(general.possible_length_local_only) if general is not None else (),
-        national_prefix=_national_prefix(metadata),
-        international_prefix=_checked(_prefix(idd)) if idd else None,
-        leading_digits=_checked(_prefix(metadata.leading_digits)) if metadata.leading_digits else None,
-        validity=_validity(metadata),
-    )
+        if desc is not None and desc.national_number_pattern:
+            groups.setdefault(tuple(desc.possible_length), []).append(desc.national_number_pattern)
+    return tuple((lengths, "|".join(patterns)) for lengths, patterns in groups.items())
 
 
 @functools.cache
-def _default_region(region: str) -> _Region | None:
-    metadata = PhoneMetadata.metadata_for_region(region)
+def _region(code: int, name: str) -> _Region | None:
+    metadata = PhoneMetadata.metadata_for_region_or_calling_code(code, name)
     if metadata is None:
         return None
-    try:
-        return _region_rules(metadata)
-    except _Unsupported:
-        return None
-
-
-@dataclass(frozen=True)
-class _Country:
-    """A country calling code: its main region (whose national prefix is stripped from numbers with this code,
-    as `parse` does) and all its regions in libphonenumber's order, which `region_code_for_number` tries in turn."""
-
-    main: _Region
-    regions: tuple[_Region, ...]
+    general = metadata.general_desc
+    rule = metadata.national_prefix_transform_rule or None
+    prefix = metadata.national_prefix_for_parsing or None
+    return _Region(
+        key=f"{code}/{name}",
+        country_code=str(code),
+        general=general.national_number_pattern or None if general is not None else None,
+        lengths=tuple(general.possible_length) if general is not None else (),
+        local_lengths=tuple(general.possible_length_local_only) if general is not None else (),
+        typed=_typed(metadata),
+        national_prefix=prefix,
+        # Python's \1 is polars' ${1}
+        transform=re.sub(r"\\(\d)", r"${\1}", rule.replace("$", "$$")) if rule and prefix else None,
+        transform_group=re.compile(prefix).groups if rule and prefix else 0,
+        international_prefix=metadata.international_prefix or None,
+        leading_digits=metadata.leading_digits or None,
+    )
 
 
 @functools.cache
-def _country(code: int) -> _Country | None:
-    """None when any of the code's regions cannot be expressed in polars."""
+def _regions(code: int) -> tuple[_Region, ...]:
+    """The code's regions in libphonenumber's order (the first is its main region), those with metadata."""
+    found = (_region(code, name) for name in COUNTRY_CODE_TO_REGION_CODE.get(code, ()))
+    return tuple(region for region in found if region is not None)
+
+
+def _main_region(code: int) -> _Region | None:
+    regions = _regions(code)
     names = COUNTRY_CODE_TO_REGION_CODE.get(code, ())
-    try:
-        regions = [
-            (name, _region_rules(metadata))
-            for name in names
-            if (metadata := PhoneMetadata.metadata_for_region_or_calling_code(code, name)) is not None
-        ]
-    except _Unsupported:
-        return None
-    if not regions or regions[0][0] != names[0]:
-        return None
-    return _Country(main=regions[0][1], regions=tuple(region for _, region in regions))
+    # parse takes the first region's metadata; if that is missing, phonenumbers' behaviour is its own business
+    return regions[0] if regions and regions[0].key == f"{code}/{names[0]}" else None
 
 
-# --- the steps of phonenumbers.parse, as expressions ----------------------------------------------------------
+@dataclass(frozen=True)
+class _Patterns:
+    """The rules of one world zone's regions (calling codes that start with one digit) as a few regular
+    expressions over keyed texts ("44/GB:2079460958"): one pass of each over the zone's numbers, whatever their
+    countries. A query per country would cost more in polars' fixed cost per expression and query than in matching
+    whenever the countries are many and their numbers few; one expression for the whole world would match slowly,
+    its lazy DFA outgrowing its cache (measured: 2 us per number, against 0.3 us per zone)."""
+
+    national_prefix: str  # prefix match on "key:number", for regions without a transform rule
+    viable: str  # full match on "key:number"
+    general: str  # full match on "key:LL:number" (LL: the length in two digits)
+    typed: str  # full match on "key:LL:number"
 
 
-def _viable(number: pl.Expr, region: _Region) -> pl.Expr:
-    return number.str.contains(region.general) if region.general is not None else pl.lit(value=False)
+@dataclass(frozen=True)
+class _World:
+    """Every region's rules. The texts of the patterns stay the same from call to call, so polars (which keeps 32
+    compiled patterns per thread) compiles them once per thread."""
+
+    main: dict[str, str]  # calling code -> its main region's key
+    shared: frozenset[str]  # calling codes with more than one region
+    rewriting: frozenset[str]  # region keys with a national prefix transform rule
+    unsupported: frozenset[str]  # region keys polars cannot check: their numbers go to the fallback
+    usable: dict[str, int]  # region key -> bit n set if `_test_number_length` lets parse strip to n digits
+    zones: dict[str, _Patterns]  # first digit of the calling code -> its regions' patterns
+
+
+_USABLE_UP_TO = 20  # longer numbers are TOO_LONG for every region: usable
+_ZONES = "123456789"
+
+
+def _lengths(lengths: tuple[int, ...]) -> str:
+    return "|".join(f"{n:02d}" for n in lengths) if lengths else "[0-9]+"
+
+
+def _branches(region: _Region) -> dict[str, list[str]]:
+    """The region's share of each keyed pattern."""
+    key = region.key
+    shares: dict[str, list[str]] = {name: [] for name in _FULL}
+    if region.national_prefix is not None and region.transform is None:
+        shares["national_prefix"].append(f"{key}:(?:{region.national_prefix})")
+    if region.general is not None:
+        shares["viable"].append(f"{key}:(?:{region.general})")
+        if region.typed:
+            shares["general"].append(f"{key}:(?:{_lengths(region.lengths)}):(?:{region.general})")
+    shares["typed"] += [f"{key}:(?:{_lengths(lengths)}):(?:{pattern})" for lengths, pattern in region.typed]
+    return shares
+
+
+def _keyed(branches: list[str], *, full: bool) -> str:
+    body = "|".join(branches) if branches else "-"  # never matches: keys start with a digit
+    return "(?-u)" + (_full(body) if full else _prefix(body))
+
+
+# each keyed pattern, and whether it must match the whole text
+_FULL = {"national_prefix": False, "viable": True, "general": True, "typed": True}
+
+
+def _zone_patterns(regions: list[_Region], unsupported: set[str]) -> _Patterns:
+    """Adds to `unsupported` the regions whose patterns polars does not take (none, in phonenumbers 9.0)."""
+    shares = {region.key: _branches(region) for region in regions}
+    patterns: dict[str, str] = {}
+    for name, full in _FULL.items():
+        pattern = _keyed([b for region in regions for b in shares[region.key][name]], full=full)
+        if not _compiles(pattern):
+            # find the regions at fault: a slow path, one compilation per region
+            unsupported.update(r.key for r in regions if not _compiles(_keyed(shares[r.key][name], full=full)))
+            pattern = _keyed([b for r in regions if r.key not in unsupported for b in shares[r.key][name]], full=full)
+        patterns[name] = pattern
+    return _Patterns(**patterns)
+
+
+@functools.cache
+def _world() -> _World:
+    """Built on first use, from all ~250 regions, once per process: about 0.4 s (measured), most of it checking that
+    polars compiles each pattern. Building it from only the countries in a batch would change the patterns, and so
+    recompile them, from batch to batch."""
+    regions = [region for code in COUNTRY_CODE_TO_REGION_CODE for region in _regions(code)]
+    unsupported: set[str] = set()
+    zones = {zone: _zone_patterns([r for r in regions if r.country_code[0] == zone], unsupported) for zone in _ZONES}
+    mains = {str(code): main for code in COUNTRY_CODE_TO_REGION_CODE if (main := _main_region(code)) is not None}
+    return _World(
+        main={code: main.key for code, main in mains.items()},
+        shared=frozenset(str(code) for code in COUNTRY_CODE_TO_REGION_CODE if len(_regions(code)) > 1),
+        rewriting=frozenset(region.key for region in regions if region.transform is not None),
+        unsupported=frozenset(unsupported),
+        usable={region.key: sum(1 << n for n in range(_USABLE_UP_TO + 1) if _usable(n, region)) for region in regions},
+        zones=zones,
+    )
+
+
+def _usable(length: int, region: _Region) -> bool:
+    """`_test_number_length` (for any type) says IS_POSSIBLE or TOO_LONG."""
+    if length in region.local_lengths:
+        return False
+    return length in region.lengths or length > max(region.lengths, default=0)
+
+
+# --- the steps of phonenumbers.parse and is_valid_number, as expressions --------------------------------------
+
+
+def _matches(number: pl.Expr, pattern: str | None) -> pl.Expr:
+    return number.str.contains(_regex(_full(pattern))) if pattern is not None else pl.lit(False)
 
 
 def _strip_national_prefix(number: pl.Expr, region: _Region) -> pl.Expr:
-    """`_maybe_strip_national_prefix_carrier_code`: the number without its national prefix (and carrier code),
-    unless only the original was a viable number for the region."""
-    rule = region.national_prefix
-    if rule is None:
+    """`_maybe_strip_national_prefix_carrier_code` with one region's rules: the number without its national
+    prefix (and carrier code), or rewritten by the transform rule, unless only the original was viable."""
+    if region.national_prefix is None:
         return number
-    match = number.str.extract(rule.pattern, 0)
+    pattern = _regex(_prefix(region.national_prefix))
+    match = number.str.extract(pattern, 0)
     stripped = number.str.slice(match.str.len_bytes())
-    if rule.transform is not None:
-        transformed = number.str.replace(rule.pattern, rule.transform, n=1)
-        stripped = (
-            pl.when(number.str.extract(rule.pattern, rule.last_group).is_null()).then(stripped).otherwise(transformed)
-        )
-    keep = match.is_null() | (number == "") | (_viable(number, region) & ~_viable(stripped, region))
+    if region.transform is not None:
+        transformed = number.str.replace(pattern, region.transform, n=1)
+        rewrite = number.str.extract(pattern, region.transform_group).is_not_null()
+        stripped = pl.when(rewrite).then(transformed).otherwise(stripped)
+    keep = match.is_null() | (number == "") | (_matches(number, region.general) & ~_matches(stripped, region.general))
     return pl.when(keep).then(number).otherwise(stripped)
 
 
-def _usable_length(number: pl.Expr, region: _Region) -> pl.Expr:
-    """`_test_number_length` says IS_POSSIBLE or TOO_LONG: parse keeps the number with its prefix stripped."""
-    length = number.str.len_bytes()
-    possible = length.is_in(list(region.lengths)) | (length > max(region.lengths, default=0))
-    return possible & ~length.is_in(list(region.local_lengths))
+# Steps are lists of columns added in turn: a column used twice is computed once.
+_Steps = list[list[pl.Expr]]
 
 
-def _too_long(number: pl.Expr, region: _Region) -> pl.Expr:
-    length = number.str.len_bytes()
-    return (length > max(region.lengths, default=0)) & ~length.is_in(list(region.local_lengths))
+def _zone_steps(zone: str) -> _Steps:
+    """The end of `parse` and `is_valid_number` for numbers of the zone's calling codes that have one region and
+    no transform rule, all at once: `_parsing`, their region's key, selects the branch of each keyed pattern."""
+    patterns = _world().zones[zone]
+    nnn, region, keyed, match = pl.col(_NNN), pl.col(_PARSING), pl.col(_KEYED), pl.col(_MATCH)
+    # `_maybe_strip_national_prefix_carrier_code`
+    stripped = nnn.str.slice(match.str.len_bytes() - region.str.len_bytes() - 1)
+    still_viable = pl.concat_str(region, pl.lit(":"), stripped).str.contains(patterns.viable)
+    keep = match.is_null() | (nnn == "") | (keyed.str.contains(patterns.viable) & ~still_viable)
+    # `_test_number_length`, as a bit per length
+    candidate = pl.col(_CANDIDATE)
+    length = candidate.str.len_bytes()
+    mask = region.replace_strict(_world().usable, default=0, return_dtype=pl.Int64)
+    bit = pl.lit(2, dtype=pl.Int64).pow(length.clip(upper_bound=_USABLE_UP_TO).cast(pl.Int64))
+    usable = (length > _USABLE_UP_TO) | ((mask // bit) % 2 == 1)
+    # `_number_type_helper`, for the only region
+    nsn, sized = pl.col(_NSN), pl.col(_KEYED)
+    size = nsn.str.len_bytes().cast(pl.String).str.zfill(2)
+    return [
+        [pl.concat_str(region, pl.lit(":"), nnn).alias(_KEYED)],
+        [keyed.str.extract(patterns.national_prefix, 0).alias(_MATCH)],
+        [pl.when(keep).then(nnn).otherwise(stripped).alias(_CANDIDATE)],
+        [pl.when(usable).then(candidate).otherwise(nnn).alias(_NSN)],
+        [pl.concat_str(region, pl.lit(":"), size, pl.lit(":"), nsn).alias(_KEYED), _ok()],
+        [(sized.str.contains(patterns.general) & sized.str.contains(patterns.typed)).alias(_VALID)],
+        [pl.lit(True).alias(_CLAIMED)],
+    ]
+
+
+def _ok() -> pl.Expr:
+    """parse accepted the lengths: else TOO_SHORT_NSN or TOO_LONG."""
+    return ((pl.col(_NNN).str.len_bytes() >= _MIN_NSN) & (pl.col(_NSN).str.len_bytes() <= _MAX_NSN)).alias(_OK)
 
 
 @functools.cache
-def _calling_codes() -> dict[str, str | None]:
-    """`_extract_country_code` for every three digits that can follow a `+`: the shortest leading 1-3 of them that
-    are a known calling code (none starts with 0). Looking it up is one hash per row instead of three."""
-    table: dict[str, str | None] = {}
-    for start in range(1000):
-        digits = f"{start:03d}"
-        found = [digits[:size] for size in (1, 2, 3) if int(digits[:size]) in COUNTRY_CODE_TO_REGION_CODE]
-        table[digits] = found[0] if found and digits[0] != "0" else None
-    return table
-
-
-@functools.cache
-def _second_pass(code: int, own_region: str | None) -> tuple[pl.Expr, list[pl.Expr]] | None:
-    """For numbers with calling code `code` (national ones parsed with `own_region`'s rules): the national
-    significant number `_nsn`, then whether parse accepted its length (`_ok`), whether `region_code_for_number`
-    would pick the code's main region (`_claimed`, always for a code with one region) and whether it is valid
-    there (`_valid`). None if polars cannot express the code's metadata."""
-    country = _country(code)
-    parsing = _default_region(own_region) if own_region is not None else (country.main if country else None)
-    if country is None or parsing is None:
-        return None
-    nnn, nsn = pl.col(_NNN), pl.col(_NSN)
-    stripped = _strip_national_prefix(nnn, parsing)
-    national = pl.when(_usable_length(stripped, parsing)).then(stripped).otherwise(nnn)
-    ok = (nnn.str.len_bytes() >= _MIN_NSN) & (nsn.str.len_bytes() <= _MAX_NSN)  # TOO_SHORT_NSN, TOO_LONG
-    main = country.main
-    valid = main.validity.expr(nsn)
-    if len(country.regions) == 1:
-        claimed = pl.lit(value=True)
+def _country_steps(code: int, parsing: str) -> _Steps:
+    """The end of `parse` and `is_valid_number` for numbers of one calling code whose national prefix is that of
+    region `parsing`, with that region's and the code's main region's own patterns. Cheaper per number than the
+    keyed patterns, but a query costs a few milliseconds whatever its size (measured): for codes with many numbers,
+    more than one region or a transform rule. `_claimed`: `region_code_for_number` picks the main region."""
+    region, main = _region(code, parsing.split("/")[1]), _main_region(code)
+    if region is None or main is None:
+        raise _Unsupported(parsing)
+    nnn, candidate, nsn, valid = pl.col(_NNN), pl.col(_CANDIDATE), pl.col(_NSN), pl.col(_VALID)
+    length = candidate.str.len_bytes()
+    usable = (length.is_in(list(region.lengths)) | (length > max(region.lengths, default=0))) & ~length.is_in(
+        list(region.local_lengths)
+    )
+    if len(_regions(code)) == 1:
+        claimed = pl.lit(True)
     elif main.leading_digits is None:
         claimed = valid
     else:
-        claimed = nsn.str.contains(main.leading_digits)
-    return national.alias(_NSN), [ok.alias(_OK), claimed.alias(_CLAIMED), valid.alias(_VALID)]
+        claimed = nsn.str.contains(_regex(_prefix(main.leading_digits)))
+    return [
+        [_strip_national_prefix(nnn, region).alias(_CANDIDATE)],
+        [pl.when(usable).then(candidate).otherwise(nnn).alias(_NSN)],
+        [_valid_in(main, nsn).alias(_VALID), _ok()],
+        [claimed.alias(_CLAIMED)],
+    ]
+
+
+def _run(rows: pl.DataFrame, steps: _Steps) -> pl.LazyFrame:
+    """The verdicts (`_i`, `e164`, `phone_error`) of the numbers the main region claims, and for the others,
+    whose `phone_error` is null, what `_check_other_regions` needs (`_cc`, `_nsn`)."""
+    query = rows.lazy()
+    for step in steps:
+        query = query.with_columns(step)
+    ok, claimed, valid = pl.col(_OK), pl.col(_CLAIMED), pl.col(_VALID)
+    return query.select(
+        _I,
+        _CC,
+        _NSN,
+        pl.when(ok & claimed & valid).then(_e164()).alias(E164),
+        pl.when(~ok | (claimed & ~valid)).then(pl.lit(INVALID)).alias(PHONE_ERROR),
+        (ok & ~claimed).alias(_UNCLAIMED),
+    )
+
+
+def _valid_in(region: _Region, nsn: pl.Expr) -> pl.Expr:
+    """`_number_type_helper` is not UNKNOWN, with one region's patterns."""
+    if region.general is None or not region.typed:
+        return pl.lit(False)
+    length = nsn.str.len_bytes()
+    typed = [_within(length, lengths) & _matches(nsn, pattern) for lengths, pattern in region.typed]
+    return _within(length, region.lengths) & _matches(nsn, region.general) & pl.any_horizontal(typed)
+
+
+def _within(length: pl.Expr, lengths: tuple[int, ...]) -> pl.Expr:
+    # no possible lengths on a description means "those of the general description", checked before
+    return length.is_in(list(lengths)) if lengths else pl.lit(True)
+
+
+def _e164() -> pl.Expr:
+    return pl.concat_str(pl.lit("+"), pl.col(_CC), pl.col(_NSN))
 
 
 class _Sorted:
     """Where the rows went: verdicts (`_i`, `e164`, `phone_error`), rows for the fallback (`_i`, `_text`) and
-    rows to parse with one calling code's rules (`_i`, `_text`, `_cc`, `_nnn`, `_own_rules`)."""
+    rows to parse (`_i`, `_text`, `_cc`, `_nnn`, `_parsing`)."""
 
     def __init__(self) -> None:
         self.verdicts: list[pl.DataFrame] = []
-        self.fallback: list[pl.DataFrame] = []
+        self.fallback: list[pl.Series] = []
         self.to_parse: list[pl.DataFrame] = []
 
     def decide(self, rows: pl.DataFrame, *, e164: pl.Expr | None = None, error: pl.Expr | str | None) -> None:
         if rows.height == 0:
             return
-        reason = pl.lit(error, dtype=pl.String) if error is None or isinstance(error, str) else error
+        reason = error if isinstance(error, pl.Expr) else pl.lit(error, dtype=pl.String)
         number = pl.lit(None, dtype=pl.String) if e164 is None else e164
         self.verdicts.append(rows.select(_I, number.alias(E164), reason.alias(PHONE_ERROR)))
 
+    def decide_validity(self, rows: pl.DataFrame, valid: pl.Expr) -> None:
+        self.decide(rows, e164=pl.when(valid).then(_e164()), error=pl.when(~valid).then(pl.lit(INVALID)))
+
     def give_up(self, rows: pl.DataFrame) -> None:
         if rows.height:
-            self.fallback.append(rows.select(_I, _TEXT))
+            self.fallback.append(rows[_I])
 
-    def parse(self, rows: pl.DataFrame, *, cc: pl.Expr, nnn: pl.Expr, own_rules: bool) -> None:
+    def parse(self, rows: pl.DataFrame, *, cc: pl.Expr, nnn: pl.Expr, parsing: pl.Expr, main: pl.Expr) -> None:
+        """Rows whose calling code and national number parse found; `parsing` is the key of the region whose
+        national prefix it strips next (the default region's for a national number, else the code's main one),
+        `main` the key of the code's main region (null if it has no metadata)."""
         if rows.height:
-            self.to_parse.append(
-                rows.select(_I, _TEXT, cc.alias(_CC), nnn.alias(_NNN), pl.lit(own_rules).alias(_OWN_RULES))
-            )
+            columns = [cc.alias(_CC), nnn.alias(_NNN), parsing.alias(_PARSING), main.alias(_MAIN)]
+            self.to_parse.append(rows.select(_I, *columns))
 
 
 def _split(rows: pl.DataFrame, condition: pl.Expr) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The rows where `condition` holds, and the others."""
-    mask = rows.select(condition.fill_null(value=False)).to_series()
+    mask = rows.select(condition.fill_null(False)).to_series()
     return rows.filter(mask), rows.filter(~mask)
 
 
-# what the first look says of a text
+# what a first look says of a text
 _EMPTY_TEXT, _PLAIN_TEXT, _FORMATTED_TEXT, _OTHER_TEXT = range(4)
-_PLAIN = r"^\+?[0-9]+$"  # E.164 as written, or digits alone: their digits need no regex to find
 
 
 def _sort_texts(frame: pl.DataFrame, sorted_: _Sorted) -> pl.DataFrame:
@@ -466,17 +553,17 @@ def _sort_texts(frame: pl.DataFrame, sorted_: _Sorted) -> pl.DataFrame:
         .then(_FORMATTED_TEXT)
         .otherwise(_OTHER_TEXT)
     )
-    rows = frame.with_columns(text.str.strip_chars().alias(_TRIMMED))
-    groups = rows.with_columns(kind.alias(_KIND)).partition_by(_KIND, as_dict=True, include_key=False)
-    empty = pl.DataFrame(schema=rows.schema)
-    sorted_.decide(groups.get((_EMPTY_TEXT,), empty), error=EMPTY)
-    sorted_.give_up(groups.get((_OTHER_TEXT,), empty))
-    plain = groups.get((_PLAIN_TEXT,), empty).select(
-        _I, _TEXT, trimmed.str.strip_prefix("+").alias(_DIGITS), trimmed.str.starts_with("+").alias(_PLUS)
+    # the text itself is left behind: the fallback finds it again by its row number
+    rows = frame.lazy().with_columns(text.str.strip_chars().alias(_TRIMMED)).select(_I, _TRIMMED, kind.alias(_KIND))
+    groups = rows.collect().partition_by(_KIND, as_dict=True, include_key=False)
+    none = pl.DataFrame(schema={_I: pl.UInt32, _TRIMMED: pl.String})
+    sorted_.decide(groups.get((_EMPTY_TEXT,), none), error=EMPTY)
+    sorted_.give_up(groups.get((_OTHER_TEXT,), none))
+    plain = groups.get((_PLAIN_TEXT,), none).select(
+        _I, trimmed.str.strip_prefix("+").alias(_DIGITS), trimmed.str.starts_with("+").alias(_PLUS)
     )
-    formatted = groups.get((_FORMATTED_TEXT,), empty).select(
+    formatted = groups.get((_FORMATTED_TEXT,), none).select(
         _I,
-        _TEXT,
         trimmed.str.replace_all("[^0-9]+", "").alias(_DIGITS),
         trimmed.str.contains("+", literal=True).alias(_PLUS),
     )
@@ -491,24 +578,33 @@ def _sort_numbers(simple: pl.DataFrame, region: str | None, sorted_: _Sorted) ->
     digits = pl.col(_DIGITS)
     international, national = _split(simple, pl.col(_PLUS))
     international = international.with_columns(digits.alias(_REST))
-    rules = _default_region(region) if region is not None else None
     if region is None:
         sorted_.decide(national, error=NEEDS_COUNTRY)
-    elif rules is None:
-        sorted_.give_up(national)
     else:
-        if rules.international_prefix is not None:
-            # `_maybe_strip_i18n_prefix_and_normalize`: the default region's international prefix counts unless
-            # a 0 follows it
-            match = digits.str.extract(rules.international_prefix, 0)
-            after = digits.str.slice(match.str.len_bytes())
-            national = national.with_columns(
-                pl.when(match.is_not_null() & ~after.str.starts_with("0")).then(after).alias(_REST)
-            )
-            dialled, national = _split(national, pl.col(_REST).is_not_null())
-            international = pl.concat([international, dialled])
-        _sort_national(national, rules, sorted_)
+        try:
+            international, national = _dialled_abroad(international, national, region)
+            _sort_national(national, region, sorted_)
+        except _Unsupported:
+            sorted_.give_up(national)
     _sort_international(international, sorted_)
+
+
+def _dialled_abroad(
+    international: pl.DataFrame, national: pl.DataFrame, region: str
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """`_maybe_strip_i18n_prefix_and_normalize`: numbers that start with the default region's international
+    prefix (not followed by a 0) join those with a `+`."""
+    rules = _region(phonenumbers.country_code_for_region(region), region)
+    if rules is None or rules.international_prefix is None:
+        return international, national
+    digits = pl.col(_DIGITS)
+    match = digits.str.extract(_regex(_prefix(rules.international_prefix)), 0)
+    after = digits.str.slice(match.str.len_bytes())
+    national = national.with_columns(
+        pl.when(match.is_not_null() & ~after.str.starts_with("0")).then(after).alias(_REST)
+    )
+    dialled, national = _split(national, pl.col(_REST).is_not_null())
+    return pl.concat([international, dialled]), national
 
 
 def _sort_international(international: pl.DataFrame, sorted_: _Sorted) -> None:
@@ -524,67 +620,113 @@ def _sort_international(international: pl.DataFrame, sorted_: _Sorted) -> None:
     retried, unknown = _split(unknown, pl.col(_PLUS))
     sorted_.give_up(retried)
     sorted_.decide(unknown, error=UNKNOWN_COUNTRY)
-    sorted_.parse(known, cc=pl.col(_CC), nnn=rest.str.slice(pl.col(_CC).str.len_bytes()), own_rules=False)
+    cc = pl.col(_CC)
+    main = cc.replace_strict(_world().main, default=None, return_dtype=pl.String)
+    sorted_.parse(known, cc=cc, nnn=rest.str.slice(cc.str.len_bytes()), parsing=main, main=main)
 
 
-def _sort_national(national: pl.DataFrame, rules: _Region, sorted_: _Sorted) -> None:
+@functools.cache
+def _calling_codes() -> dict[str, str | None]:
+    """`_extract_country_code` for every three digits that can follow a `+`: the shortest leading 1-3 of them that
+    are a known calling code (none starts with 0). Looking it up is one hash per row instead of three."""
+    table: dict[str, str | None] = {}
+    for start in range(1000):
+        digits = f"{start:03d}"
+        found = [digits[:size] for size in (1, 2, 3) if int(digits[:size]) in COUNTRY_CODE_TO_REGION_CODE]
+        table[digits] = found[0] if found and digits[0] != "0" else None
+    return table
+
+
+def _sort_national(national: pl.DataFrame, region: str, sorted_: _Sorted) -> None:
     """The rest of `_maybe_extract_country_code`: a national number that starts with the default region's own
     calling code loses it if only then is it viable, or if it was too long with it."""
+    rules = _region(phonenumbers.country_code_for_region(region), region)
+    if rules is None:
+        raise _Unsupported(region)
     digits = pl.col(_DIGITS)
     code = rules.country_code
-    starting, others = _split(national, digits.str.starts_with(code))
-    sorted_.parse(others, cc=pl.lit(code), nnn=digits, own_rules=True)
     without_code = _strip_national_prefix(digits.str.slice(len(code)), rules)
-    had_code = (~_viable(digits, rules) & _viable(without_code, rules)) | _too_long(digits, rules)
+    length = digits.str.len_bytes()
+    too_long = (length > max(rules.lengths, default=0)) & ~length.is_in(list(rules.local_lengths))
+    had_code = (~_matches(digits, rules.general) & _matches(without_code, rules.general)) | too_long
+    own, main = pl.lit(rules.key), pl.lit(_world().main.get(code), dtype=pl.String)
+    starting, others = _split(national, digits.str.starts_with(code))
+    sorted_.parse(others, cc=pl.lit(code), nnn=digits, parsing=own, main=main)
     lost, kept = _split(starting.with_columns(without_code.alias(_NNN)), had_code)
-    sorted_.parse(lost, cc=pl.lit(code), nnn=pl.col(_NNN), own_rules=False)
-    sorted_.parse(kept, cc=pl.lit(code), nnn=digits, own_rules=True)
+    sorted_.parse(lost, cc=pl.lit(code), nnn=pl.col(_NNN), parsing=main, main=main)
+    sorted_.parse(kept, cc=pl.lit(code), nnn=digits, parsing=own, main=main)
 
 
-_CHUNK_ROWS = 200_000  # a calling code's numbers are checked in pieces this big, so both cores take part
+_CHUNK_ROWS = 250_000  # numbers are checked in pieces this big, so that both cores take part
+# A calling code with this many numbers to check gets its own query; the others share one per zone.
+_OWN_QUERY_ROWS = 5_000
 
 
-def _check_numbers(region: str | None, sorted_: _Sorted) -> None:
-    """The end of `parse` and `is_valid_number`, per calling code, for the numbers `_sort_numbers` parsed."""
+def _check_numbers(sorted_: _Sorted, own_query_rows: int) -> None:
+    """The end of `parse` (national prefix, lengths) and `is_valid_number`, for the numbers `_sort_numbers`
+    parsed."""
     if not sorted_.to_parse:
         return
-    rows = pl.concat(sorted_.to_parse)
+    world = _world()
+    rows = pl.concat(sorted_.to_parse).with_columns(pl.col(_CC).str.slice(0, 1).alias(_ZONE))
+    if world.unsupported or rows[_MAIN].null_count():
+        unsupported = list(world.unsupported)
+        supported = ~pl.col(_PARSING).is_in(unsupported) & ~pl.col(_MAIN).is_in(unsupported)
+        rows, unsupported_rows = _split(rows, supported & pl.col(_MAIN).is_not_null())
+        sorted_.give_up(unsupported_rows)
+    # some calling codes get queries of their own (see `_country_steps`); the others share one per zone
+    counts = rows.group_by(_CC, _PARSING).len()
+    alone = (
+        (pl.col("len") >= own_query_rows)
+        | pl.col(_CC).is_in(list(world.shared))
+        | pl.col(_PARSING).is_in(list(world.rewriting))
+    )
+    own = counts.filter(alone).select(pl.concat_str(_CC, pl.lit(" "), _PARSING)).to_series()
+    apart, together = _split(rows, pl.concat_str(_CC, pl.lit(" "), _PARSING).is_in(own.implode()))
     queries = []
-    for (code, own_rules), part in rows.partition_by(_CC, _OWN_RULES, as_dict=True).items():
-        steps = _second_pass(int(str(code)), region if own_rules else None)
-        if steps is None:
+    for (code, parsing), part in apart.partition_by(_CC, _PARSING, as_dict=True).items():
+        try:
+            steps = _country_steps(int(str(code)), str(parsing))
+        except _Unsupported:
             sorted_.give_up(part)
             continue
-        national, checks = steps
-        for start in range(0, part.height, _CHUNK_ROWS):
-            chunk = part.slice(start, _CHUNK_ROWS).lazy()
-            queries.append(chunk.with_columns(national).select(_I, _CC, _NSN, *checks))
+        queries += [_run(part.slice(start, _CHUNK_ROWS), steps) for start in range(0, part.height, _CHUNK_ROWS)]
+    for (zone,), part in together.partition_by(_ZONE, as_dict=True).items():
+        steps = _zone_steps(str(zone))
+        queries += [_run(part.slice(start, _CHUNK_ROWS), steps) for start in range(0, part.height, _CHUNK_ROWS)]
     if not queries:
         return
     checked = pl.concat(pl.collect_all(queries))
-    ok, claimed, valid = pl.col(_OK), pl.col(_CLAIMED), pl.col(_VALID)
-    decided, unclaimed = _split(checked, ~ok | claimed)
-    sorted_.decide(decided, e164=pl.when(ok & valid).then(_e164()), error=pl.when(~ok | ~valid).then(pl.lit(INVALID)))
+    unclaimed, decided = _split(checked, pl.col(_UNCLAIMED))
+    sorted_.verdicts.append(decided.select(_I, E164, PHONE_ERROR))
     for (code,), part in unclaimed.partition_by(_CC, as_dict=True).items():
-        country = _country(int(str(code)))
-        assert country is not None  # it had a second pass
-        _check_other_regions(part, country.regions[1:], sorted_)
+        try:
+            _check_other_regions(part, int(str(code)), sorted_)
+        except _Unsupported:
+            sorted_.give_up(part)
 
 
-def _e164() -> pl.Expr:
-    return pl.concat_str(pl.lit("+"), pl.col(_CC), pl.col(_NSN))
-
-
-def _check_other_regions(pending: pl.DataFrame, regions: Iterable[_Region], sorted_: _Sorted) -> None:
-    """The rest of `is_valid_number` for numbers the main region did not claim: valid for the first of the other
-    regions whose leading digits match (or, if it has none, for which it is valid); invalid if none claims it."""
+def _check_other_regions(pending: pl.DataFrame, code: int, sorted_: _Sorted) -> None:
+    """The rest of `is_valid_number` for numbers their code's main region did not claim: valid for the first
+    other region whose leading digits match (or, if it has none, for which it is valid); invalid if none claims
+    it."""
+    world = _world()
     nsn = pl.col(_NSN)
-    for region in regions:
-        if region.leading_digits is None:
-            claimed, pending = _split(pending, region.validity.expr(nsn))
-            sorted_.decide(claimed, e164=_e164(), error=None)
-        else:
-            claimed, pending = _split(pending, nsn.str.contains(region.leading_digits))
-            valid = region.validity.expr(nsn)
-            sorted_.decide(claimed, e164=pl.when(valid).then(_e164()), error=pl.when(~valid).then(pl.lit(INVALID)))
-    sorted_.decide(pending, error=INVALID)
+    regions = _regions(code)[1:]
+    claims = [
+        nsn.str.contains(_regex(_prefix(r.leading_digits))) if r.leading_digits is not None else _valid_in(r, nsn)
+        for r in regions
+    ]
+    first = pl.coalesce([pl.when(claim).then(pl.lit(n, dtype=pl.UInt8)) for n, claim in enumerate(claims)])
+    keys = {n: region.key for n, region in enumerate(regions)}
+    claimant = first.replace_strict(keys, default=None, return_dtype=pl.String)
+    rows = pending.select(_I, _CC, _NSN, claimant.alias(_MAIN))
+    claimed, unclaimed = _split(rows, pl.col(_MAIN).is_not_null() & ~pl.col(_MAIN).is_in(list(world.unsupported)))
+    unsupported, unclaimed = _split(unclaimed, pl.col(_MAIN).is_not_null())
+    sized = pl.concat_str(
+        pl.col(_MAIN), pl.lit(":"), nsn.str.len_bytes().cast(pl.String).str.zfill(2), pl.lit(":"), nsn
+    )
+    zone = world.zones[str(code)[0]]
+    sorted_.decide_validity(claimed, sized.str.contains(zone.general) & sized.str.contains(zone.typed))
+    sorted_.decide(unclaimed, error=INVALID)
+    sorted_.give_up(unsupported)
