@@ -280,3 +280,11 @@ def test_the_expressions_decide_nearly_all_of_a_typical_file() -> None:
     assert phones[E164].is_not_null().mean() > 0.9
     sample = random.Random(4).sample(range(100_000), 2_000)
     assert [phones.row(i) for i in sample] == [reference(numbers[i], "US") for i in sample]
+
+
+@pytest.mark.slow
+def test_many_distinct_texts_for_phonenumbers_are_shared_out_among_processes_in_order() -> None:
+    texts = [f"({200 + n % 700}) 555-{n % 10_000:04d} ext {n}" for n in range(21_000)] + ["call me", None]
+    phones, stats = normalise_phones_with_stats(pl.Series(texts), default_region="US")
+    assert stats.fallback_values == 21_001
+    assert phones.rows() == [reference(text, "US") for text in texts]
