@@ -694,29 +694,28 @@ def _check_numbers(sorted_: _Sorted, own_query_rows: int) -> None:
         rows, unsupported_rows = _split(rows, supported & pl.col(_MAIN).is_not_null())
         sorted_.give_up(unsupported_rows)
     # some calling codes get queries of their own (see `_country_steps`); the others share one per zone
-    counts = rows.group_by(_CC, _PARSING).len()
-    alone = (
-        (pl.col("len") >= own_query_rows)
-        | pl.col(_CC).is_in(list(world.shared))
-        | pl.col(_PARSING).is_in(list(world.rewriting))
-    )
-    own = counts.filter(alone).select(pl.concat_str(_CC, pl.lit(" "), _PARSING)).to_series()
-    apart, together = _split(rows, pl.concat_str(_CC, pl.lit(" "), _PARSING).is_in(own.implode()))
-    queries = []
+    counts = rows[_CC].value_counts()
+    big = counts.filter(pl.col("count") >= own_query_rows)[_CC].to_list()
+    alone = pl.col(_CC).is_in(big + list(world.shared)) | pl.col(_PARSING).is_in(list(world.rewriting))
+    apart, together = _split(rows, alone)
+    shared: list[pl.LazyFrame] = []  # numbers their code's main region may not claim
+    single: list[pl.LazyFrame] = []
     for (code, parsing), part in apart.partition_by(_CC, _PARSING, as_dict=True).items():
         try:
             steps = _country_steps(int(str(code)), str(parsing))
         except _Unsupported:
             sorted_.give_up(part)
             continue
+        queries = shared if str(code) in world.shared else single
         queries += [_run(part.slice(start, _CHUNK_ROWS), steps) for start in range(0, part.height, _CHUNK_ROWS)]
     for (zone,), part in together.partition_by(_ZONE, as_dict=True).items():
         steps = _zone_steps(str(zone))
-        queries += [_run(part.slice(start, _CHUNK_ROWS), steps) for start in range(0, part.height, _CHUNK_ROWS)]
-    if not queries:
+        single += [_run(part.slice(start, _CHUNK_ROWS), steps) for start in range(0, part.height, _CHUNK_ROWS)]
+    checked = pl.collect_all(shared + single)
+    sorted_.verdicts += [part.select(_I, E164, PHONE_ERROR) for part in checked[len(shared) :]]
+    if not shared:
         return
-    checked = pl.concat(pl.collect_all(queries))
-    unclaimed, decided = _split(checked, pl.col(_UNCLAIMED))
+    unclaimed, decided = _split(pl.concat(checked[: len(shared)]), pl.col(_UNCLAIMED))
     sorted_.verdicts.append(decided.select(_I, E164, PHONE_ERROR))
     for (code,), part in unclaimed.partition_by(_CC, as_dict=True).items():
         try:
