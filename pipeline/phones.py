@@ -367,9 +367,9 @@ def _zone_patterns(regions: list[_Region], unsupported: set[str]) -> _Patterns:
 
 @functools.cache
 def _world() -> _World:
-    """Built on first use, from all ~250 regions, once per process: about 0.4 s (measured), most of it checking that
-    polars compiles each pattern. Building it from only the countries in a batch would change the patterns, and so
-    recompile them, from batch to batch."""
+    """Built on first use, from all ~250 regions, once per process: about 0.2 s (measured, with loading the
+    metadata). Building it from only the countries in a batch would change the patterns, and so recompile them,
+    from batch to batch."""
     regions = [region for code in COUNTRY_CODE_TO_REGION_CODE for region in _regions(code)]
     unsupported: set[str] = set()
     zones = {zone: _zone_patterns([r for r in regions if r.country_code[0] == zone], unsupported) for zone in _ZONES}
@@ -516,8 +516,8 @@ def _e164() -> pl.Expr:
 
 
 class _Sorted:
-    """Where the rows went: verdicts (`_i`, `e164`, `phone_error`), rows for the fallback (`_i`, `_text`) and
-    rows to parse (`_i`, `_text`, `_cc`, `_nnn`, `_parsing`)."""
+    """Where the rows went: verdicts (`_i`, `e164`, `phone_error`), the row numbers of texts for the fallback, and
+    numbers to check (`_i`, `_cc`, `_nnn`, `_parsing`, `_main`)."""
 
     def __init__(self) -> None:
         self.verdicts: list[pl.DataFrame] = []
@@ -676,7 +676,8 @@ def _sort_national(national: pl.DataFrame, region: str, sorted_: _Sorted) -> Non
     sorted_.parse(kept, cc=pl.lit(code), nnn=digits, parsing=own, main=main)
 
 
-_CHUNK_ROWS = 250_000  # numbers are checked in pieces this big, so that both cores take part
+# collect_all runs queries side by side: a big code's numbers are checked in pieces this big, not in one long query
+_CHUNK_ROWS = 250_000
 # A calling code with this many numbers to check gets its own query; the others share one per zone.
 _OWN_QUERY_ROWS = 5_000
 
