@@ -4,12 +4,13 @@ What a number becomes is what `phonenumbers` (the Python port of Google's libpho
 default_region)`, then `is_valid_number`, then `format_number(..., E164)`. `decide_phone` is exactly that, for one
 value. This module owns doing the same for a million values without a million Python calls:
 
-- the common shapes of input (digits with spaces, dots, hyphens, parentheses, a leading `+`, a `tel:` prefix) are
+- the common shapes of input (digits with spaces, dots, hyphens, parentheses, a leading `+`, a `tel:` prefix, an
+  extension such as " ext. 12") are
   parsed with polars expressions built from libphonenumber's own metadata - the default region's international
   and national prefixes, the country calling codes, each region's national prefix and number patterns - following
   the steps of `phonenumbers.parse` and `is_valid_number` one by one;
-- anything else (letters, extensions, other scripts' digits, a `+` the metadata cannot place, a region whose
-  patterns polars' regex engine would not take) goes to `decide_phone`, once per distinct text.
+- anything else (letters, unusual extensions, other scripts' digits, a `+` the metadata cannot place, a region
+  whose patterns polars' regex engine would not take) goes to `decide_phone`, once per distinct text.
 
 Reasons never contain the number: values are people's data; the caller adds the column name.
 """
@@ -50,6 +51,12 @@ _MAX_NSN = 17
 # patterns can match (each needs a letter, `#`, `,`, `;` or `~`).
 _SEPARATORS = " \u00a0().\\-/"
 _SIMPLE = f"^(?:[Tt][Ee][Ll]:)?[{_SEPARATORS}]*\\+?[0-9{_SEPARATORS}]*$"
+# An extension after such a text ("... ext. 12", "... x12"): phonenumbers strips it before parsing (the number
+# before it is viable) and E.164 has no place for it, so the number is that of the text before it. Only these
+# labels, only up to 6 digits (it takes 9 after "x", 20 after "ext"), and only after a digit or ")": after "/"
+# phonenumbers would read " x" as the start of a second number.
+_EXTENSION = "[ \u00a0]*(?:[Ee][Xx][Tt]|[Xx])\\.?[ \u00a0]*[0-9]{1,6}$"
+_WITH_EXTENSION = f"{_SIMPLE[:-1]}[0-9)]{_EXTENSION}"
 _PLAIN = r"^\+?[0-9]+$"  # E.164 as written, or digits alone: finding their digits needs no regex
 _MIN_SIMPLE_DIGITS = 3  # with fewer, phonenumbers' rules for what is a number at all get subtle
 
@@ -554,7 +561,7 @@ def _split(rows: pl.DataFrame, condition: pl.Expr) -> tuple[pl.DataFrame, pl.Dat
 
 
 # what a first look says of a text
-_EMPTY_TEXT, _PLAIN_TEXT, _FORMATTED_TEXT, _OTHER_TEXT = range(4)
+_EMPTY_TEXT, _PLAIN_TEXT, _FORMATTED_TEXT, _EXTENDED_TEXT, _OTHER_TEXT = range(5)
 
 
 def _sort_texts(frame: pl.DataFrame, sorted_: _Sorted) -> pl.DataFrame:
@@ -570,6 +577,8 @@ def _sort_texts(frame: pl.DataFrame, sorted_: _Sorted) -> pl.DataFrame:
         .then(_PLAIN_TEXT)
         .when(trimmed.str.contains(_SIMPLE))
         .then(_FORMATTED_TEXT)
+        .when(trimmed.str.contains(_WITH_EXTENSION))
+        .then(_EXTENDED_TEXT)
         .otherwise(_OTHER_TEXT)
     )
     # the text itself is left behind: the fallback finds it again by its row number
@@ -581,7 +590,12 @@ def _sort_texts(frame: pl.DataFrame, sorted_: _Sorted) -> pl.DataFrame:
     plain = groups.get((_PLAIN_TEXT,), none).select(
         _I, trimmed.str.strip_prefix("+").alias(_DIGITS), trimmed.str.starts_with("+").alias(_PLUS)
     )
-    formatted = groups.get((_FORMATTED_TEXT,), none).select(
+    formatted = pl.concat(
+        [
+            groups.get((_FORMATTED_TEXT,), none),
+            groups.get((_EXTENDED_TEXT,), none).with_columns(trimmed.str.replace(_EXTENSION, "")),
+        ]
+    ).select(
         _I,
         trimmed.str.replace_all("[^0-9]+", "").alias(_DIGITS),
         trimmed.str.contains("+", literal=True).alias(_PLUS),
