@@ -25,8 +25,12 @@ from pipeline.phones import (
 
 REGIONS = [None, "US", "GB", "DE", "FR", "IN", "BR", "AU"]
 # regions whose rules are the unusual ones: a national prefix rewritten (AR, JP), a region that is not its calling
-# code's main one (CA, JE), a calling code shared with another country (RU, KZ), no national prefix (IT)
+# code's main one (CA, JE; KZ, which shares +7 with RU), no national prefix (IT)
 UNUSUAL_REGIONS = ["AR", "JP", "CA", "JE", "KZ", "IT"]
+
+TRAILING = [" ", "  ", "#", ")", "-", "\t", "\r"]
+EXTENSIONS = [" x12", "x1", " X 55", " ext. 7", " Ext.12", " EXT 123456"]  # parsed in bulk
+ODD_EXTENSIONS = [" ext 1234567", " x1234567890", "/ x12", " #12", " ext", ",,12", ";ext=12"]  # left to phonenumbers
 
 
 def reference(text: str | None, region: str | None) -> tuple[str | None, str | None]:
@@ -80,30 +84,7 @@ def perturbations(rng: random.Random) -> list[Callable[[str], str]]:
         ) + text.lstrip("+")
 
     def suffix(text: str) -> str:
-        return text + rng.choice(
-            [
-                " ",
-                "  ",
-                "#",
-                ")",
-                "-",
-                "\t",
-                "\r",
-                " x12",
-                "x1",
-                " X 55",
-                " ext. 7",
-                " Ext.12",
-                " EXT 123456",
-                " ext 1234567",
-                " x1234567890",
-                "/ x12",
-                " #12",
-                " ext",
-                ",,12",
-                ";ext=12",
-            ]
-        )
+        return text + rng.choice(TRAILING + EXTENSIONS + ODD_EXTENSIONS)
 
     def digits_only(text: str) -> str:
         return "".join(c for c in text if c.isdigit() or c == "+")
