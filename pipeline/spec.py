@@ -91,21 +91,7 @@ class InputSpec(_Strict):
     @field_validator("separator", mode="before")
     @classmethod
     def _one_character(cls, raw: object) -> object:
-        if not isinstance(raw, str):
-            return raw
-        word = raw.strip().lower()
-        if word in SEPARATOR_NAMES:
-            return SEPARATOR_NAMES[word]
-        if word == "\\t":  # '\t' in single quotes is a backslash and a t in YAML; nobody separates by those
-            return "\t"
-        if raw == '"':
-            raise ValueError("the double quote cannot separate fields: it quotes them")
-        if len(raw) == 1 and raw not in "\r\n":
-            return raw
-        raise ValueError(
-            f"must be one character, or one of {', '.join(SEPARATOR_NAMES)} (got {raw!r}). "
-            'Hint: write `separator: tab` or `separator: ";"`'
-        )
+        return parse_separator(raw) if isinstance(raw, str) else raw
 
     @field_validator("encoding")
     @classmethod
@@ -252,20 +238,23 @@ def parse_rate(text: str) -> float:
     return float(match.group(1)) / _PER_S[match.group(2)]
 
 
-_SEPARATOR_NAMES = {"\\t": "\t", "tab": "\t", "semicolon": ";", "comma": ",", "pipe": "|"}
-
-
 def parse_separator(text: str) -> str:
-    """A CSV separator as a spec writes it: one character, or a name: `tab` (also the two characters `\\t`, as
-    YAML reads `'\\t'`), `semicolon`, `comma`, `pipe`."""
-    separator = _SEPARATOR_NAMES.get(text.lower(), text)
-    # polars writes one byte; a quote or line break would make the file unreadable
-    if len(separator) != 1 or not separator.isascii() or separator in '"\r\n':
-        raise ValueError(
-            f"separator {text!r} is not one character other than a quote or line break, nor one of tab, semicolon, "
-            "comma, pipe"
-        )
-    return separator
+    """A CSV separator as a spec writes it (input.separator, output.csv_separator): one character, or a name from
+    SEPARATOR_NAMES; `\\t` (a backslash and a t, as YAML reads `'\\t'`) is a tab too."""
+    word = text.strip().lower()
+    if word in SEPARATOR_NAMES:
+        return SEPARATOR_NAMES[word]
+    if word == "\\t":  # nobody separates fields by a backslash and a t
+        return "\t"
+    if text == '"':
+        raise ValueError("the double quote cannot separate fields: it quotes them")
+    # polars reads and writes one byte; a line break would end every record
+    if len(text) == 1 and text.isascii() and text not in "\r\n":
+        return text
+    raise ValueError(
+        f"must be one character, or one of {', '.join(SEPARATOR_NAMES)} (got {text!r}). "
+        'Hint: write `separator: tab` or `separator: ";"`'
+    )
 
 
 _CSV_OPTIONS = ("csv_separator", "csv_bom", "csv_formula_guard")

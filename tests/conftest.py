@@ -18,6 +18,16 @@ SENDER = "6ba7b810-9dad-11d1-80b4-00c04fd430c8"
 API_KEY = "sk-test-DO-NOT-LEAK-7f3c9a1e"
 
 
+class FakeClock:
+    """A clock tests move by hand (`clock.now += 5`): time-based logic checked instantly and exactly."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def guid(n: int) -> str:
     """A valid, distinct contact GUID for row n."""
     return f"00000000-0000-4000-8000-{n:012d}"

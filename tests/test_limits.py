@@ -8,16 +8,7 @@ import anyio
 import pytest
 
 from pipeline.limits import Pacer
-
-
-class FakeClock:
-    """A clock that only moves when anyio.sleep is asked to wait: tests run instantly and exactly."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.conftest import FakeClock
 
 
 @pytest.fixture

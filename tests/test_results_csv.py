@@ -179,14 +179,16 @@ def test_csv_options_default_to_the_inputs_separator_no_bom_and_the_guard_on(tmp
     assert CsvOptions.of(load_spec(path, environ={})[0]) == CsvOptions(separator=";", bom=False, formula_guard=True)
 
 
-@pytest.mark.parametrize("written", ["", ";;", '"', "\n", "\u00a7", "semi"])
+@pytest.mark.parametrize("written", ["", ";;", "\n", "\u00a7", "semi"])
 def test_a_separator_that_cannot_be_written_is_refused(written: str) -> None:
-    with pytest.raises(ValueError, match="is not one character other than a quote or line break") as caught:
+    with pytest.raises(ValueError, match="must be one character") as caught:
         parse_separator(written)
     assert str(caught.value) == (
-        f"separator {written!r} is not one character other than a quote or line break, nor one of tab, semicolon, "
-        "comma, pipe"
+        f"must be one character, or one of tab, comma, semicolon, pipe (got {written!r}). "
+        'Hint: write `separator: tab` or `separator: ";"`'
     )
+    with pytest.raises(ValueError, match="the double quote cannot separate fields: it quotes them"):
+        parse_separator('"')
 
 
 def test_spec_errors_for_a_bad_separator_and_csv_options_on_other_formats(tmp_path: Path) -> None:
@@ -195,8 +197,8 @@ def test_spec_errors_for_a_bad_separator_and_csv_options_on_other_formats(tmp_pa
     with pytest.raises(SpecError) as caught:
         load_spec(path, environ={})
     assert str(caught.value) == (
-        f"{path}: the job spec is invalid:\n  output.csv_separator: separator '::' is not one character other than "
-        "a quote or line break, nor one of tab, semicolon, comma, pipe"
+        f"{path}: the job spec is invalid:\n  output.csv_separator: must be one character, or one of tab, comma, "
+        "semicolon, pipe (got '::'). Hint: write `separator: tab` or `separator: \";\"`"
     )
     output = {"results": "r.parquet", "csv_bom": True, "csv_formula_guard": True}
     path.write_text(json.dumps(spec_data(output=output)), encoding="utf-8")

@@ -12,24 +12,16 @@ import pytest
 from pipeline.limits import Pacer, PacingEvent
 from pipeline.send import RunControl
 from pipeline.slowdowns import SlowdownWatch
-from tests.conftest import api_section, contact_rows
+from tests.conftest import FakeClock, api_section, contact_rows
 from tests.fault_server import FaultServer, Reply, sequence
 
 Cli = Callable[..., tuple[int, str, str]]
 MakeCampaign = Callable[..., Path]
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock()
 
 
 class Said:
@@ -43,11 +35,11 @@ def said() -> Said:
     return Said()
 
 
-def watch(clock: Clock, said: Said) -> SlowdownWatch:
+def watch(clock: FakeClock, said: Said) -> SlowdownWatch:
     return SlowdownWatch(said.notices.append, said.warnings.append, clock=clock)
 
 
-def test_the_first_pause_is_told_at_once_and_later_ones_are_summed_up(clock: Clock, said: Said) -> None:
+def test_the_first_pause_is_told_at_once_and_later_ones_are_summed_up(clock: FakeClock, said: Said) -> None:
     w = watch(clock, said)
     pacer = Pacer(rate_per_s=8, burst=8, clock=clock, on_event=w.on_event)
     pacer.pause_for(1.0, reason="server Retry-After")
@@ -64,7 +56,7 @@ def test_the_first_pause_is_told_at_once_and_later_ones_are_summed_up(clock: Clo
     assert status == "rate 4/s"
 
 
-def test_a_pause_that_only_grows_is_not_told_again(clock: Clock, said: Said) -> None:
+def test_a_pause_that_only_grows_is_not_told_again(clock: FakeClock, said: Said) -> None:
     w = watch(clock, said)
     pacer = Pacer(clock=clock, on_event=w.on_event)
     pacer.pause_for(5.0)
@@ -74,7 +66,7 @@ def test_a_pause_that_only_grows_is_not_told_again(clock: Clock, said: Said) -> 
     assert said.notices == ["paused 5 s: server Retry-After; rate now unlimited"]
 
 
-def test_the_progress_status_names_a_pause_in_force_and_rows_waiting_to_retry(clock: Clock, said: Said) -> None:
+def test_the_progress_status_names_a_pause_in_force_and_rows_waiting_to_retry(clock: FakeClock, said: Said) -> None:
     w = watch(clock, said)
     pacer = Pacer(clock=clock, on_event=w.on_event)
     control = RunControl()
@@ -84,7 +76,7 @@ def test_the_progress_status_names_a_pause_in_force_and_rows_waiting_to_retry(cl
     assert w.tick(0, pacer, control) == "paused 30 s by the server, 3 waiting to retry"
 
 
-def test_a_collapse_of_throughput_for_a_minute_is_warned_once_with_the_reasons(clock: Clock, said: Said) -> None:
+def test_a_collapse_of_throughput_for_a_minute_is_warned_once_with_the_reasons(clock: FakeClock, said: Said) -> None:
     w = watch(clock, said)
     pacer = Pacer(clock=clock, on_event=w.on_event)
     control = RunControl()
@@ -117,7 +109,7 @@ def test_a_collapse_of_throughput_for_a_minute_is_warned_once_with_the_reasons(c
     assert said.warnings[1].endswith("no pauses or failures: the server answers slowly, or the input is slow to read")
 
 
-def test_steady_throughput_is_never_a_collapse(clock: Clock, said: Said) -> None:
+def test_steady_throughput_is_never_a_collapse(clock: FakeClock, said: Said) -> None:
     w = watch(clock, said)
     pacer = Pacer(clock=clock)
     for second in range(300):
@@ -126,7 +118,7 @@ def test_steady_throughput_is_never_a_collapse(clock: Clock, said: Said) -> None
     assert said.warnings == []
 
 
-def test_pacing_events_carry_the_rate_in_force_afterwards(clock: Clock) -> None:
+def test_pacing_events_carry_the_rate_in_force_afterwards(clock: FakeClock) -> None:
     events: list[PacingEvent] = []
     pacer = Pacer(rate_per_s=10, burst=10, clock=clock, on_event=events.append)
     pacer.slow_down()
