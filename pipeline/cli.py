@@ -187,7 +187,10 @@ def _build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--latency-ms", type=float, default=0.0, help="delay before each answer")
     sandbox.add_argument("--failure-rate", type=float, default=0.0, help="fraction of requests that fail (0-1)")
     sandbox.add_argument("--seed", type=int, help="seed for the injected failures")
-    sandbox.add_argument("--empty-success", action="store_true", help="answer 204 with no body (like v2)")
+    # unset (None) lets each generation answer success its own way: v1 200 JSON, v2 204 empty
+    sandbox.add_argument(
+        "--empty-success", action="store_true", default=None, help="answer v1 sends too with 204 and no body (like v2)"
+    )
     sandbox.set_defaults(handler=_sandbox)
     return parser
 

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, cast
 
-from pipeline.sandbox import v1
+from pipeline.sandbox import v1, v2
 from pipeline.sandbox.exchange import Request, Response, Route, plain_error
 from pipeline.sandbox.state import SandboxState
 
@@ -50,7 +50,7 @@ _LINGER_S = 2.0
 
 _TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _VERSION_RE = re.compile(r"HTTP/[0-9]\.[0-9]")
-_ROUTERS: tuple[Callable[[str], Route | None], ...] = (v1.route,)
+_ROUTERS: tuple[Callable[[str], Route | None], ...] = (v1.route, v2.route)
 
 _REASONS = {
     200: "OK",
@@ -471,7 +471,7 @@ class SandboxServer:
         seed: int | None = None,
         api_key: str | None = None,
         sender_id: str | None = None,
-        empty_success: bool = False,
+        empty_success: bool | None = None,
         record_bodies: bool = False,
         count_keys: bool = True,
     ) -> None:

@@ -35,7 +35,7 @@ class SandboxState:
         seed: int | None,
         api_key: str | None,
         sender_id: str | None,
-        empty_success: bool,
+        empty_success: bool | None,
         record_bodies: bool,
         count_keys: bool,
     ) -> None:
@@ -47,13 +47,14 @@ class SandboxState:
             raise ValueError("api_key must be a non-empty string or None")
         if sender_id is not None and not is_guid(sender_id):
             raise ValueError("sender_id must be a GUID (8-4-4-4-12 hex) or None")
-        if not isinstance(empty_success, bool):
-            raise ValueError("empty_success must be a bool")
+        if empty_success is not None and not isinstance(empty_success, bool):
+            raise ValueError("empty_success must be a bool or None")
         if not isinstance(record_bodies, bool):
             raise ValueError("record_bodies must be a bool")
         self.rng = random.Random(seed)
         self.api_key = api_key
         self.sender_id = sender_id.lower() if sender_id is not None else None
+        # None: each generation answers success its own way (v1 200 JSON, v2 204 empty); True or False: all alike
         self.empty_success = empty_success
         self.record_bodies = record_bodies
         # per-key counts prove "no duplicate sends" in tests; a campaign's own sandbox skips them, since they grow

@@ -37,16 +37,14 @@ def _answer(request: Request, state: SandboxState) -> Response:
     problem = check_headers(request.headers, state)
     if problem is not None:
         return problem
-    ok, body = parse_json(request.body)
-    if not ok:
-        return plain_error(400, "request body is not valid JSON", errors={"body": ["must be valid JSON"]})
-    if not isinstance(body, dict):
-        return plain_error(400, "request body must be a JSON object", errors={"body": ["must be a JSON object"]})
+    body = read_object(request.body)
+    if isinstance(body, Response):
+        return body
     problems = id_problems(body) + variables_problems(body, "messageBody") + _webhook_problems(body)
     problems += unknown_key_problems(body, _FIELDS)
     if problems:
         return bad_request(problems)
-    return accept(request, state, cast("dict[str, Any]", body), empty=state.empty_success)
+    return accept(request, state, body, empty=state.empty_success is True)
 
 
 def check_headers(headers: dict[str, str], state: SandboxState) -> Response | None:
@@ -66,6 +64,16 @@ def check_headers(headers: dict[str, str], state: SandboxState) -> Response | No
     if media_type(headers) != "application/json":
         return plain_error(415, "Content-Type must be application/json")
     return None
+
+
+def read_object(raw: bytes) -> dict[str, Any] | Response:
+    """The body as a JSON object, or the 400 answer saying why it is not one."""
+    ok, body = parse_json(raw)
+    if not ok:
+        return plain_error(400, "request body is not valid JSON", errors={"body": ["must be valid JSON"]})
+    if not isinstance(body, dict):
+        return plain_error(400, "request body must be a JSON object", errors={"body": ["must be a JSON object"]})
+    return cast("dict[str, Any]", body)
 
 
 def id_problems(body: dict[str, Any]) -> list[Problem]:
