@@ -205,3 +205,15 @@ def test_failure_rate_one_injects_v1_style_failures_and_accepts_nothing() -> Non
                 assert response.headers["retry-after"] == "1"
         assert server.accepted_total == 0
         assert server.injected_total == 30
+
+
+# --- latency ------------------------------------------------------------------------------------------------------
+
+
+def test_a_request_takes_effect_on_arrival_though_its_answer_is_late() -> None:
+    # the client gives up long before the answer; the message was accepted all the same, as on a slow real server
+    with SandboxServer(latency_ms=5_000) as server, httpx.Client(base_url=server.url, timeout=0.2) as http:
+        with pytest.raises(httpx.ReadTimeout):
+            send(http)
+
+        assert server.accepted_total == 1

@@ -347,10 +347,13 @@ class _HttpProtocol(asyncio.Protocol):
             del self._buf[: head.content_length]
             self._head = None
             self._engine.state.note_request(head.headers)
+            # The request takes effect now and only its answer waits out the latency, as on a real server that acts
+            # and then is slow to reply: a repeat of its Idempotency-Key in the meantime finds it in flight.
+            response = self._engine.handle(head, body)
             if self._engine.state.latency_s > 0.0:
-                self._task = asyncio.get_running_loop().create_task(self._answer_later(head, body))
+                self._task = asyncio.get_running_loop().create_task(self._answer_later(head, response))
             else:
-                self._answer(head, body)
+                self._answer(head, response)
         if self._closing:
             return
         if self._eof and self._task is None and not self._write_paused:
@@ -388,16 +391,15 @@ class _HttpProtocol(asyncio.Protocol):
         self._head = head
         return head
 
-    async def _answer_later(self, head: _RequestHead, body: bytes) -> None:
+    async def _answer_later(self, head: _RequestHead, response: Response) -> None:
         await asyncio.sleep(self._engine.state.latency_s)
         self._task = None
         if self._closing:
             return
-        self._answer(head, body)
+        self._answer(head, response)
         self._drain()
 
-    def _answer(self, head: _RequestHead, body: bytes) -> None:
-        response = self._engine.handle(head, body)
+    def _answer(self, head: _RequestHead, response: Response) -> None:
         self._send(response, keep_alive=head.keep_alive, http10=head.http10, head_only=head.method == "HEAD")
 
     def _fail(self, status: int, message: str) -> None:
