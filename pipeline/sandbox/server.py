@@ -19,11 +19,11 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, cast
 
-from pipeline.sandbox import v1, v2
+from pipeline.sandbox import v1, v2, v3
 from pipeline.sandbox.exchange import Request, Response, Route, plain_error
 from pipeline.sandbox.state import SandboxState
 
@@ -50,18 +50,21 @@ _LINGER_S = 2.0
 
 _TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _VERSION_RE = re.compile(r"HTTP/[0-9]\.[0-9]")
-_ROUTERS: tuple[Callable[[str], Route | None], ...] = (v1.route, v2.route)
+_ROUTERS: tuple[Callable[[str], Route | None], ...] = (v1.route, v2.route, v3.route)
 
 _REASONS = {
     200: "OK",
+    202: "Accepted",
     204: "No Content",
     400: "Bad Request",
     401: "Unauthorized",
     404: "Not Found",
     405: "Method Not Allowed",
+    409: "Conflict",
     411: "Length Required",
     413: "Content Too Large",
     415: "Unsupported Media Type",
+    422: "Unprocessable Content",
     429: "Too Many Requests",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
@@ -207,9 +210,9 @@ class _Engine:
         request = Request(head.method, head.path, head.query, head.headers, raw_body)
         response = self._route(request)
         api_key = head.headers.get("x-api-key")
-        if api_key and response.status >= 400:
-            # Error messages quote paths and body keys; whatever a client put there,
-            # the key itself must never be sent back (as it would appear in our JSON).
+        if api_key:
+            # Error messages quote paths and body keys, and v3 message bodies quote template parameters; whatever a
+            # client put there, the key itself must never be sent back (as it would appear in our JSON).
             quoted = json.dumps(api_key)[1:-1].encode()
             if quoted in response.body:
                 response.body = response.body.replace(quoted, b"[redacted]")
@@ -455,12 +458,23 @@ def _url_for(sockname: Any) -> str:
 
 
 class SandboxServer:
-    """The fake Sent.dm endpoint on a real socket.
+    """The fake Sent.dm API (v1, v2 and v3 at once) on a real socket.
 
     ``start()`` runs it in a daemon thread with its own event loop (tests,
     benchmarks, ``run``); ``serve_forever()`` runs it in the calling thread.
     Counters are mutated only on the server loop, so reading them from another
     thread is safe; the dict/list properties return copies.
+
+    Options: ``latency_ms`` delays every answer; ``failure_rate`` of valid sends
+    meet an injected 503/500/429 (``seed`` makes the sequence repeatable);
+    ``api_key``/``sender_id`` are the only credentials accepted when given;
+    ``empty_success`` None lets v1 answer 200 JSON and v2 204, True or False
+    makes both 204 or both JSON; ``record_bodies`` keeps accepted bodies and
+    the last headers; ``count_keys`` keeps the per-key and per-number counts.
+    v3 only: ``templates`` replaces the default templates (dicts with ``id``,
+    ``name``, ``status``, ``variables``, ``channels``); ``rate_limit_per_min``
+    refuses requests over it with 429; ``clock`` (Unix seconds, default
+    ``time.time``) is what idempotency keys age and rate windows turn on.
     """
 
     def __init__(
@@ -476,6 +490,9 @@ class SandboxServer:
         empty_success: bool | None = None,
         record_bodies: bool = False,
         count_keys: bool = True,
+        templates: Sequence[Mapping[str, Any]] | None = None,
+        rate_limit_per_min: int | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         if not isinstance(host, str) or not host:
             raise ValueError("host must be a non-empty string")
@@ -492,6 +509,9 @@ class SandboxServer:
             empty_success=empty_success,
             record_bodies=record_bodies,
             count_keys=count_keys,
+            templates=templates,
+            rate_limit_per_min=rate_limit_per_min,
+            clock=clock,
         )
         self._engine = _Engine(self._state)
         self._lock = threading.Lock()
@@ -641,6 +661,11 @@ class SandboxServer:
     def accepted_by_key(self) -> dict[str, int]:
         """Acceptances per Idempotency-Key; requests without one count under ""."""
         return dict(self._state.accepted_by_key)
+
+    @property
+    def accepted_by_number(self) -> dict[str, int]:
+        """v3 messages accepted per phone number (one per channel); empty unless ``count_keys``."""
+        return dict(self._state.accepted_by_number)
 
     @property
     def accepted_bodies(self) -> list[dict[str, Any]]:

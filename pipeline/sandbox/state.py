@@ -7,9 +7,14 @@ from __future__ import annotations
 
 import math
 import random
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from pipeline.sandbox.exchange import is_guid
+from pipeline.sandbox.idempotency import IdempotencyStore
+from pipeline.sandbox.ratelimit import RateWindow
+from pipeline.sandbox.templates import TemplateCatalogue
 
 # The failures a healthy-looking request may meet: declined (503, 429) or broken mid-way (500).
 INJECTED_STATUSES = (503, 500, 429)
@@ -25,7 +30,7 @@ def _check_number(name: str, value: object, low: float, high: float) -> float:
 
 
 class SandboxState:
-    """Validated options, the random source for injected failures, and the acceptance counters."""
+    """Validated options, the clock, the random sources, the v3 stores, and the acceptance counters."""
 
     def __init__(
         self,
@@ -38,6 +43,9 @@ class SandboxState:
         empty_success: bool | None,
         record_bodies: bool,
         count_keys: bool,
+        templates: Sequence[Mapping[str, Any]] | None = None,
+        rate_limit_per_min: int | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.latency_s = _check_number("latency_ms", latency_ms, 0.0, math.inf) / 1000.0
         self.failure_rate = _check_number("failure_rate", failure_rate, 0.0, 1.0)
@@ -51,7 +59,16 @@ class SandboxState:
             raise ValueError("empty_success must be a bool or None")
         if not isinstance(record_bodies, bool):
             raise ValueError("record_bodies must be a bool")
+        if clock is not None and not callable(clock):
+            raise ValueError("clock must be a callable returning Unix seconds, or None")
         self.rng = random.Random(seed)
+        # v3 recipient order has its own source, so the failure sequence for a seed does not depend on recipients
+        self.shuffler = random.Random(seed)
+        # Unix seconds: idempotency keys age on it, rate-limit windows turn on it, v3 timestamps come from it
+        self.clock: Callable[[], float] = time.time if clock is None else clock
+        self.templates = TemplateCatalogue(templates)
+        self.idempotency = IdempotencyStore(self.clock)
+        self.rate_window = RateWindow(rate_limit_per_min, self.clock)
         self.api_key = api_key
         self.sender_id = sender_id.lower() if sender_id is not None else None
         # None: each generation answers success its own way (v1 200 JSON, v2 204 empty); True or False: all alike
@@ -66,6 +83,7 @@ class SandboxState:
         self.injected_total = 0
         self.duplicate_keys = 0
         self.accepted_by_key: dict[str, int] = {}
+        self.accepted_by_number: dict[str, int] = {}
         self.accepted_bodies: list[dict[str, Any]] = []
         self.last_headers: dict[str, str] | None = None
 
@@ -82,13 +100,16 @@ class SandboxState:
             return self.rng.choice(INJECTED_STATUSES)
         return None
 
-    def record_acceptance(self, headers: dict[str, str], body: dict[str, Any]) -> None:
+    def record_acceptance(self, headers: dict[str, str], body: dict[str, Any], numbers: Iterable[str] = ()) -> None:
+        """Count one accepted send; ``numbers`` holds a v3 send's recipient of each message (one per channel)."""
         if self.count_keys:
             key = headers.get("idempotency-key", "")
             count = self.accepted_by_key.get(key, 0) + 1
             self.accepted_by_key[key] = count
             if count == 2 and key:
                 self.duplicate_keys += 1
+            for number in numbers:
+                self.accepted_by_number[number] = self.accepted_by_number.get(number, 0) + 1
         self.accepted_total += 1
         if self.record_bodies:
             self.accepted_bodies.append(body)
