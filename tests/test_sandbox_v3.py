@@ -7,9 +7,13 @@ on it, so a test moves time instead of waiting for it.
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -694,3 +698,40 @@ def test_the_api_key_never_comes_back_even_as_a_parameter(client: httpx.Client) 
     assert echoed.status_code == 202
     assert refused.status_code == 400
     assert API_KEY not in echoed.text + refused.text
+
+
+# --- the sandbox command ------------------------------------------------------------------------------------------
+
+
+def test_the_sandbox_command_announces_every_generation_and_answers_each() -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "sandbox"],
+        cwd=Path(__file__).resolve().parents[1],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        first = process.stdout.readline()
+        endpoints = [tuple(process.stdout.readline().split()) for _ in range(4)]
+        v1_url, v2_url, v3_url = (url for _, method, url in endpoints if method == "POST")
+        sender = {"x-api-key": API_KEY, "x-sender-id": "00000000-0000-4000-8000-000000000000"}
+        contact = {"contactId": SHIPPED, "templateId": SHIPPED}
+        v1 = httpx.post(v1_url, json={**contact, "messageBody": PARAMETERS}, headers=sender)
+        v2 = httpx.post(v2_url, json={**contact, "templateVariables": PARAMETERS}, headers=sender)
+        v3 = httpx.post(v3_url, json=valid_body(), headers=headers_for())
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=10)
+
+    assert first.startswith("Sandbox listening on http://127.0.0.1:")
+    assert [(generation, method) for generation, method, _ in endpoints] == [
+        ("v1:", "POST"),
+        ("v2:", "POST"),
+        ("v3:", "POST"),
+        ("v3:", "GET"),
+    ]
+    assert endpoints[3][2].endswith("/v3/templates/{id}")
+    assert (v1.status_code, v2.status_code, v3.status_code) == (200, 204, 202)
+    assert process.returncode == 0

@@ -28,6 +28,7 @@ from pipeline.sandbox.exchange import Request, Response, Route, plain_error
 from pipeline.sandbox.state import SandboxState
 
 __all__ = [
+    "ENDPOINTS",
     "MAX_BODY_BYTES",
     "MAX_HEADER_BYTES",
     "MESSAGES_PATH",
@@ -36,6 +37,13 @@ __all__ = [
 ]
 
 MESSAGES_PATH = v1.PATH
+# (generation, method, path) of every endpoint, for whoever announces the sandbox
+ENDPOINTS = (
+    ("v1", "POST", v1.PATH),
+    ("v2", "POST", v2.PATH),
+    ("v3", "POST", v3.MESSAGES_PATH),
+    ("v3", "GET", v3.TEMPLATES_PATH + "/{id}"),
+)
 MAX_HEADER_BYTES = 64 * 1024
 MAX_BODY_BYTES = 1024 * 1024
 
