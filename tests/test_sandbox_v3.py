@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from pipeline.sandbox import SandboxServer
+from pipeline.spec import load_spec
 
 PATH = "/v3/messages"
 API_KEY = "sk_test_v3_5e1f"
@@ -468,6 +469,26 @@ def test_configured_templates_replace_the_defaults() -> None:
     assert described["status"] == "APPROVED"
     # without a channel the message goes out on the template's own channel, as SMS is not one of them
     assert sent.json()["data"]["recipients"][0]["channel"] == "whatsapp"
+
+
+def test_templates_from_a_job_spec_are_taken_as_they_are(tmp_path: Path) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        "version: 1\nname: t\ninput: {path: c.csv}\noutput: {results: r.csv}\n"
+        "message: {contact_id: {column: c}, template_id: {column: t}, variables: {code: {column: code}}}\n"
+        "api:\n  base_url: sandbox\n  sandbox:\n    templates:\n"
+        "      - {id: 5ba7b830-9dad-11d1-80b4-00c04fd430c8, name: otp, variables: [code], status: REJECTED}\n"
+    )
+    box = load_spec(spec, environ={})[0].api.sandbox
+    assert box is not None
+    with (
+        SandboxServer(templates=[t.model_dump() for t in box.templates or ()]) as server,
+        httpx.Client(base_url=server.url) as http,
+    ):
+        described = http.get("/v3/templates/5ba7b830-9dad-11d1-80b4-00c04fd430c8", headers=headers_for())
+
+    assert described.json()["data"]["status"] == "REJECTED"
+    assert described.json()["data"]["channels"] == ["sms"]
 
 
 @pytest.mark.parametrize(

@@ -107,7 +107,7 @@ def _read_template(where: str, entry: object) -> Template:
 
 
 def _read_names(where: str, value: object, allowed: tuple[str, ...] | None) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+    if not isinstance(value, list | tuple) or not all(isinstance(item, str) and item for item in value):
         raise ValueError(f"{where} must be a list of non-empty strings")
     if len(set(value)) != len(value):
         raise ValueError(f"{where} names an entry twice")
