@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
@@ -20,9 +19,11 @@ Headers = tuple[tuple[str, str], ...]
 _GUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
-    """One well-framed request; header names are lower-cased, repeated headers joined with ", "."""
+class Request(NamedTuple):
+    """One well-framed request; header names are lower-cased, repeated headers joined with ", ".
+
+    A NamedTuple rather than a frozen dataclass: one is built per request, and this is several times cheaper.
+    """
 
     method: str
     path: str

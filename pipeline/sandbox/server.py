@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import functools
 import json
 import re
 import signal
@@ -205,6 +206,12 @@ class _DateHeader:
 _http_date = _DateHeader()
 
 
+@functools.lru_cache(maxsize=64)
+def _as_in_json(text: str) -> bytes:
+    """``text`` as it appears inside a JSON string; cached, as a sandbox sees the same few keys on every request."""
+    return json.dumps(text)[1:-1].encode()
+
+
 class _Engine:
     """The state every connection shares, the open connections, and the dispatch of a request to its route."""
 
@@ -221,7 +228,7 @@ class _Engine:
         if api_key:
             # Error messages quote paths and body keys, and v3 message bodies quote template parameters; whatever a
             # client put there, the key itself must never be sent back (as it would appear in our JSON).
-            quoted = json.dumps(api_key)[1:-1].encode()
+            quoted = _as_in_json(api_key)
             if quoted in response.body:
                 response.body = response.body.replace(quoted, b"[redacted]")
         return response

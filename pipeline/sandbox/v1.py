@@ -30,7 +30,7 @@ Problem = tuple[str, str, str | None]  # (field, message, code or None)
 
 
 def route(path: str) -> Route | None:
-    return Route(("POST",), _answer) if path == PATH else None
+    return _ROUTE if path == PATH else None
 
 
 def _answer(request: Request, state: SandboxState) -> Response:
@@ -153,3 +153,6 @@ def _is_absolute_http_url(value: str) -> bool:
     except ValueError:
         return False
     return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+_ROUTE = Route(("POST",), _answer)

@@ -16,7 +16,7 @@ _FIELDS = ("contactId", "templateId", "templateVariables")
 
 
 def route(path: str) -> Route | None:
-    return Route(("POST",), _answer) if path == PATH else None
+    return _ROUTE if path == PATH else None
 
 
 def _answer(request: Request, state: SandboxState) -> Response:
@@ -31,3 +31,6 @@ def _answer(request: Request, state: SandboxState) -> Response:
     if problems:
         return v1.bad_request(problems)
     return v1.accept(request, state, body, empty=state.empty_success is not False)
+
+
+_ROUTE = Route(("POST",), _answer)
