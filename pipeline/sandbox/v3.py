@@ -1,7 +1,7 @@
 """v3 in the sandbox: ``POST /v3/messages``, ``GET /v3/templates/{id}`` and ``GET /v3/templates?name=``.
 
 Every answer is the v3 envelope (``success``, ``data``, ``error``, ``meta``) and carries ``X-Request-Id`` and the
-``X-RateLimit-*`` headers. A send is checked in the real API's order: the key, the rate limit, the Idempotency-Key
+``X-RateLimit-*`` headers. A send is checked in this order: the API key, the rate limit, the Idempotency-Key
 (replay or 409), the body, the template; then it may meet an injected failure; then it is accepted - one message per
 number and channel, listed in no particular order - unless it asked for ``"sandbox": true``, which answers alike
 (with ``X-Sandbox: true``) and counts nothing.
