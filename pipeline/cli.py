@@ -26,7 +26,7 @@ from pipeline.campaign import (
 )
 from pipeline.merge import merge_shards
 from pipeline.progress import BarProgress, JsonProgress, LogProgress, emit_json, format_summary
-from pipeline.sandbox import serve_forever
+from pipeline.sandbox import ENDPOINTS, serve_forever
 from pipeline.shard import Shard
 from pipeline.spec import CampaignSpec, Note, load_spec, parse_rate
 
@@ -181,13 +181,16 @@ def _build_parser() -> argparse.ArgumentParser:
     sandbox = commands.add_parser(
         "sandbox",
         help="run the local fake Sent.dm API until Ctrl-C",
-        description="Serve a local fake of the Sent.dm send-message endpoint on 127.0.0.1 (prints its URL).",
+        description="Serve a local fake of the Sent.dm API (v1, v2 and v3) on 127.0.0.1; prints its endpoints.",
     )
     sandbox.add_argument("--port", type=int, default=0, help="port to listen on (default: any free port)")
     sandbox.add_argument("--latency-ms", type=float, default=0.0, help="delay before each answer")
     sandbox.add_argument("--failure-rate", type=float, default=0.0, help="fraction of requests that fail (0-1)")
     sandbox.add_argument("--seed", type=int, help="seed for the injected failures")
-    sandbox.add_argument("--empty-success", action="store_true", help="answer 204 with no body (like v2)")
+    # unset (None) lets each generation answer success its own way: v1 200 JSON, v2 204 empty
+    sandbox.add_argument(
+        "--empty-success", action="store_true", default=None, help="answer v1 sends too with 204 and no body (like v2)"
+    )
     sandbox.set_defaults(handler=_sandbox)
     return parser
 
@@ -378,7 +381,10 @@ def _merge(args: argparse.Namespace) -> int:
 
 def _sandbox(args: argparse.Namespace) -> int:
     def ready(url: str) -> None:
-        print(f"Sandbox listening on {url} (POST {url}/v1/messages/contact); Ctrl-C to stop", flush=True)
+        print(f"Sandbox listening on {url} (Sent.dm API v1, v2 and v3); Ctrl-C to stop")
+        for generation, method, path in ENDPOINTS:
+            print(f"  {generation}: {method} {url}{path}")
+        sys.stdout.flush()
 
     try:
         serve_forever(

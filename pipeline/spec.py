@@ -142,10 +142,50 @@ class MessageSpec(_Strict):
         return list(dict.fromkeys(s.column for s in sources if s.column is not None))
 
 
+class SandboxTemplateSpec(_Strict):
+    """A v3 template the sandbox knows: what ``GET /v3/templates/{id}`` describes and what a send must fill in."""
+
+    id: str
+    name: str = Field(min_length=1)
+    status: Literal["APPROVED", "PENDING", "REJECTED"] = "APPROVED"
+    variables: tuple[Annotated[str, Field(min_length=1)], ...] = ()
+    channels: tuple[Literal["sms", "whatsapp", "rcs"], ...] = ("sms",)
+
+    @field_validator("id")
+    @classmethod
+    def _guid(cls, value: str) -> str:
+        if not re.match(GUID_PATTERN, value):
+            raise ValueError(f"{value!r} is not a GUID (like 7ba7b820-9dad-11d1-80b4-00c04fd430c8)")
+        return value
+
+    @model_validator(mode="after")
+    def _channels_and_no_repeats(self) -> SandboxTemplateSpec:
+        if not self.channels:
+            raise ValueError("channels must name at least one of sms, whatsapp, rcs")
+        for key in ("variables", "channels"):
+            names: tuple[str, ...] = getattr(self, key)
+            if len(set(names)) != len(names):
+                raise ValueError(f"{key} names an entry twice")
+        return self
+
+
 class SandboxSpec(_Strict):
     latency_ms: float = Field(default=0.0, ge=0, le=60_000)
     failure_rate: float = Field(default=0.0, ge=0, le=1)
     seed: int | None = None
+    templates: tuple[SandboxTemplateSpec, ...] | None = None  # None: the sandbox's defaults (order_shipped, ...)
+
+    @field_validator("templates")
+    @classmethod
+    def _unique(cls, templates: tuple[SandboxTemplateSpec, ...] | None) -> tuple[SandboxTemplateSpec, ...] | None:
+        for key in ("id", "name"):
+            seen: set[str] = set()
+            for template in templates or ():
+                value = template.id.lower() if key == "id" else template.name
+                if value in seen:
+                    raise ValueError(f"two templates have the {key} {value!r}")
+                seen.add(value)
+        return templates
 
 
 class ApiSpec(_Strict):
@@ -511,6 +551,10 @@ def _submodel(annotation: Any) -> type[BaseModel] | None:
     for arg in get_args(annotation) or (annotation,):
         if isinstance(arg, type) and issubclass(arg, BaseModel):
             return arg
+        # a list of models, e.g. api.sandbox.templates: the entries' model
+        nested = _submodel(arg) if get_args(arg) else None
+        if nested is not None:
+            return nested
     return None
 
 
@@ -521,6 +565,8 @@ def _model_at(loc: tuple[str | int, ...]) -> type[BaseModel] | None:
     for part in loc:
         if dict_values is not None:  # `part` is a user's key inside a dict, e.g. a variable name
             model, dict_values = dict_values, None
+            continue
+        if isinstance(part, int):  # a position in a list of models: the model stays the entries'
             continue
         field = model.model_fields.get(str(part)) if model is not None else None
         if field is None:

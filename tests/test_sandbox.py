@@ -321,7 +321,7 @@ def test_every_body_problem_is_listed(client: httpx.Client) -> None:
 # --- routing ------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["/v1/messages", "/v2/messages/contact", "/", "/v1/messages/contact/extra"])
+@pytest.mark.parametrize("path", ["/v1/messages", "/v2/messages", "/", "/v1/messages/contact/extra"])
 def test_unknown_path_is_404_json(client: httpx.Client, path: str) -> None:
     response = client.post(path, json=valid_body(), headers=auth_headers())
 

@@ -302,3 +302,56 @@ def error_of_offline(path: Path) -> str:
     with pytest.raises(SpecError) as caught:
         load_spec(path, environ={}, offline=True)
     return str(caught.value)
+
+
+def sandbox_templates(templates: object) -> dict[str, object]:
+    return spec_data(api={"base_url": "sandbox", "sandbox": {"templates": templates}})
+
+
+def test_sandbox_templates_are_optional_and_default_to_approved_sms(tmp_path: Path) -> None:
+    plain, _ = load_spec(write(tmp_path, spec_data(api={"base_url": "sandbox", "sandbox": {}})), environ={})
+    data = sandbox_templates([{"id": TEMPLATE, "name": "order_shipped", "variables": ["name", "order_id"]}])
+    spec, _ = load_spec(write(tmp_path, data), environ={})
+
+    assert plain.api.sandbox is not None
+    assert plain.api.sandbox.templates is None
+    assert spec.api.sandbox is not None
+    [template] = spec.api.sandbox.templates or ()
+    assert template.model_dump() == {
+        "id": TEMPLATE,
+        "name": "order_shipped",
+        "status": "APPROVED",
+        "variables": ("name", "order_id"),
+        "channels": ("sms",),
+    }
+
+
+def test_sandbox_template_errors_name_the_entry_and_key(tmp_path: Path) -> None:
+    data = sandbox_templates(
+        [
+            {"id": "order-shipped", "name": "a", "status": "DRAFT", "channels": ["fax"]},
+            {"id": TEMPLATE, "name": "b", "variabels": ["name"]},
+            {"id": TEMPLATE, "name": "c", "channels": [], "variables": ["x", "x"]},
+        ]
+    )
+    path = write(tmp_path, data)
+    assert error_of(path) == (
+        f"{path}: the job spec is invalid:\n"
+        "  api.sandbox.templates[0].id: 'order-shipped' is not a GUID (like 7ba7b820-9dad-11d1-80b4-00c04fd430c8)\n"
+        "  api.sandbox.templates[0].status: Input should be 'APPROVED', 'PENDING' or 'REJECTED' (got 'DRAFT')\n"
+        "  api.sandbox.templates[0].channels[0]: Input should be 'sms', 'whatsapp' or 'rcs' (got 'fax')\n"
+        "  api.sandbox.templates[1].variabels: unknown key. Hint: did you mean `variables`?\n"
+        "  api.sandbox.templates[2]: channels must name at least one of sms, whatsapp, rcs"
+    )
+
+
+def test_two_sandbox_templates_may_not_share_an_id_or_a_name(tmp_path: Path) -> None:
+    same_id = write(tmp_path, sandbox_templates([{"id": TEMPLATE, "name": "a"}, {"id": TEMPLATE.upper(), "name": "b"}]))
+    assert error_of(same_id) == (
+        f"{same_id}: the job spec is invalid:\n  api.sandbox.templates: two templates have the id '{TEMPLATE}'"
+    )
+    other = "5ba7b830-9dad-11d1-80b4-00c04fd430c8"
+    same_name = write(tmp_path, sandbox_templates([{"id": TEMPLATE, "name": "a"}, {"id": other, "name": "a"}]))
+    assert error_of(same_name) == (
+        f"{same_name}: the job spec is invalid:\n  api.sandbox.templates: two templates have the name 'a'"
+    )

@@ -1,12 +1,10 @@
-"""Embedded fake of Sent.dm's "send message to contact" endpoint.
+"""The sandbox's HTTP machinery: a small HTTP/1.1 server written directly on ``asyncio``.
 
-This module owns the sandbox server: a small HTTP/1.1 server written directly
-on ``asyncio`` that enforces the same request contract as the real
-``POST /v1/messages/contact`` endpoint (headers, content type, body rules,
-error shapes) and answers fast enough to be the target of load benchmarks.
-It is used by ``run`` when a job says ``api.base_url: sandbox``, by
-``python -m pipeline sandbox`` through :func:`serve_forever`, and by tests
-through :class:`SandboxServer`, which runs the server in a daemon thread.
+It frames requests (strictly: malformed heads, conflicting lengths and chunked bodies are refused), hands each one
+to the route of its API generation (``v1``, ``v2``, ``v3``), and writes the answers in order, after the configured
+latency, fast enough to be the target of load benchmarks. It is used by ``run`` when a job says
+``api.base_url: sandbox``, by ``python -m pipeline sandbox`` through :func:`serve_forever`, and by tests through
+:class:`SandboxServer`, which runs the server in a daemon thread.
 
 It never logs or prints, and never puts the ``x-api-key`` value in a response.
 """
@@ -16,20 +14,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import functools
 import json
-import math
-import random
 import re
 import signal
 import threading
 import time
-import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, cast
-from urllib.parse import urlsplit
+
+from pipeline.sandbox import v1, v2, v3
+from pipeline.sandbox.exchange import Request, Response, Route, plain_error
+from pipeline.sandbox.state import SandboxState
 
 __all__ = [
+    "ENDPOINTS",
     "MAX_BODY_BYTES",
     "MAX_HEADER_BYTES",
     "MESSAGES_PATH",
@@ -37,7 +37,14 @@ __all__ = [
     "serve_forever",
 ]
 
-MESSAGES_PATH = "/v1/messages/contact"
+MESSAGES_PATH = v1.PATH
+# (generation, method, path) of every endpoint, for whoever announces the sandbox
+ENDPOINTS = (
+    ("v1", "POST", v1.PATH),
+    ("v2", "POST", v2.PATH),
+    ("v3", "POST", v3.MESSAGES_PATH),
+    ("v3", "GET", v3.TEMPLATES_PATH + "/{id}"),
+)
 MAX_HEADER_BYTES = 64 * 1024
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -50,22 +57,23 @@ _SHUTDOWN_GRACE_S = 1.0
 # the answer before the client reads it (the "lingering close" of RFC 9112 9.6).
 _LINGER_S = 2.0
 
-_GUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _VERSION_RE = re.compile(r"HTTP/[0-9]\.[0-9]")
-_BODY_FIELDS = ("contactId", "templateId", "messageBody", "webhookUrl")
-_INJECTED_STATUSES = (503, 500, 429)
+_ROUTERS: tuple[Callable[[str], Route | None], ...] = (v1.route, v2.route, v3.route)
 
 _REASONS = {
     200: "OK",
+    202: "Accepted",
     204: "No Content",
     400: "Bad Request",
     401: "Unauthorized",
     404: "Not Found",
     405: "Method Not Allowed",
+    409: "Conflict",
     411: "Length Required",
     413: "Content Too Large",
     415: "Unsupported Media Type",
+    422: "Unprocessable Content",
     429: "Too Many Requests",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
@@ -73,112 +81,7 @@ _REASONS = {
     505: "HTTP Version Not Supported",
 }
 
-_RETRY_AFTER = (("Retry-After", "1"),)
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-
-
-class _Response:
-    """A status, an optional JSON body and extra headers, ready to serialise."""
-
-    __slots__ = ("body", "headers", "status")
-
-    def __init__(self, status: int, body: bytes = b"", headers: tuple[tuple[str, str], ...] = ()) -> None:
-        self.status = status
-        self.body = body
-        self.headers = headers
-
-
-def _json_response(status: int, payload: dict[str, Any], headers: tuple[tuple[str, str], ...] = ()) -> _Response:
-    return _Response(status, json.dumps(payload, separators=(",", ":")).encode(), headers)
-
-
-def _error(
-    status: int,
-    message: str,
-    code: str | None = None,
-    errors: dict[str, list[str]] | None = None,
-    headers: tuple[tuple[str, str], ...] = (),
-) -> _Response:
-    """Build the API's error body; ``code`` and ``errors`` only when they apply."""
-    payload: dict[str, Any] = {"statusCode": status}
-    if code is not None:
-        payload["code"] = code
-    payload["message"] = message
-    if errors is not None:
-        payload["errors"] = errors
-    return _json_response(status, payload, headers)
-
-
-def _is_guid(value: object) -> bool:
-    return isinstance(value, str) and _GUID_RE.fullmatch(value) is not None
-
-
-def _is_absolute_http_url(value: str) -> bool:
-    if not value or any(ch.isspace() for ch in value):
-        return False
-    try:
-        parts = urlsplit(value)
-        _ = parts.port  # urlsplit is lazy: a malformed port only fails here
-    except ValueError:
-        return False
-    return parts.scheme in ("http", "https") and bool(parts.hostname)
-
-
-_Problem = tuple[str, str, str | None]  # (field, message, code or None)
-
-
-def _id_problems(body: dict[str, Any]) -> list[_Problem]:
-    problems: list[_Problem] = []
-    for name in ("contactId", "templateId"):
-        value = body.get(name)
-        if value is None:
-            problems.append((name, f"{name} is required", "VAL-001"))
-        elif not _is_guid(value):
-            problems.append((name, f"{name} must be a GUID", "VAL-002"))
-    return problems
-
-
-def _message_body_problems(body: dict[str, Any]) -> list[_Problem]:
-    message_body = body.get("messageBody")
-    if message_body is None:
-        return [("messageBody", "messageBody is required", "VAL-003")]
-    if not isinstance(message_body, dict):
-        return [("messageBody", "messageBody must be a JSON object", "VAL-003")]
-    if not message_body:
-        return [("messageBody", "messageBody must not be empty", "VAL-003")]
-    return [
-        ("messageBody", f"messageBody.{key} must be a string", "VAL-003")
-        for key, value in message_body.items()
-        if not isinstance(value, str)
-    ]
-
-
-def _other_problems(body: dict[str, Any]) -> list[_Problem]:
-    problems: list[_Problem] = []
-    if "webhookUrl" in body:
-        webhook = body["webhookUrl"]
-        if not isinstance(webhook, str) or not _is_absolute_http_url(webhook):
-            problems.append(("webhookUrl", "webhookUrl must be an absolute http or https URL", None))
-    problems.extend((key, f"property {key} should not exist", None) for key in body if key not in _BODY_FIELDS)
-    return problems
-
-
-def _validate_message(body: object) -> _Response | None:
-    """Return the 400 answer for an invalid message body, or None if it is valid.
-
-    Every problem is listed under ``errors``; ``code`` and ``message`` come from
-    the first one, known fields first so the code is the most specific one.
-    """
-    if not isinstance(body, dict):
-        return _error(400, "request body must be a JSON object", errors={"body": ["must be a JSON object"]})
-    problems = _id_problems(body) + _message_body_problems(body) + _other_problems(body)
-    if not problems:
-        return None
-    errors: dict[str, list[str]] = {}
-    for field, text, _code in problems:
-        errors.setdefault(field, []).append(text)
-    _field, first_text, first_code = problems[0]
-    return _error(400, first_text, first_code, errors)
 
 
 class _BadRequest(Exception):
@@ -193,13 +96,14 @@ class _BadRequest(Exception):
 class _RequestHead:
     """Request line and headers of one request, plus what they imply for framing."""
 
-    __slots__ = ("content_length", "expect_continue", "headers", "http10", "keep_alive", "method", "path")
+    __slots__ = ("content_length", "expect_continue", "headers", "http10", "keep_alive", "method", "path", "query")
 
     def __init__(
         self,
         *,
         method: str,
         path: str,
+        query: str,
         headers: dict[str, str],
         content_length: int,
         keep_alive: bool,
@@ -208,6 +112,7 @@ class _RequestHead:
     ) -> None:
         self.method = method
         self.path = path
+        self.query = query
         self.headers = headers
         self.content_length = content_length
         self.keep_alive = keep_alive
@@ -271,9 +176,11 @@ def _parse_head(text: str) -> _RequestHead:
     headers = _parse_header_lines(lines[1:])
     http10 = version == "HTTP/1.0"
     tokens = {token.strip().lower() for token in headers.get("connection", "").split(",")}
+    path, _, query = target.partition("?")
     return _RequestHead(
         method=method,
-        path=target.partition("?")[0],
+        path=path,
+        query=query,
         headers=headers,
         content_length=_content_length(method, headers),
         keep_alive="keep-alive" in tokens if http10 else "close" not in tokens,
@@ -299,141 +206,45 @@ class _DateHeader:
 _http_date = _DateHeader()
 
 
-def _check_number(name: str, value: object, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a number, got {type(value).__name__}")
-    number = float(value)
-    if not math.isfinite(number) or not low <= number <= high:
-        raise ValueError(f"{name} must be between {low:g} and {high:g}, got {value!r}")
-    return number
+@functools.lru_cache(maxsize=64)
+def _as_in_json(text: str) -> bytes:
+    """``text`` as it appears inside a JSON string; cached, as a sandbox sees the same few keys on every request."""
+    return json.dumps(text)[1:-1].encode()
 
 
 class _Engine:
-    """Configuration, counters and request semantics shared by all connections.
+    """The state every connection shares, the open connections, and the dispatch of a request to its route."""
 
-    Only the server's event loop mutates it; other threads read ints or copies.
-    """
-
-    def __init__(
-        self,
-        *,
-        latency_ms: float,
-        failure_rate: float,
-        seed: int | None,
-        api_key: str | None,
-        sender_id: str | None,
-        empty_success: bool,
-        record_bodies: bool,
-        count_keys: bool = True,
-    ) -> None:
-        self.latency_s = _check_number("latency_ms", latency_ms, 0.0, math.inf) / 1000.0
-        self.failure_rate = _check_number("failure_rate", failure_rate, 0.0, 1.0)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise ValueError(f"seed must be an int or None, got {type(seed).__name__}")
-        if api_key is not None and (not isinstance(api_key, str) or not api_key):
-            raise ValueError("api_key must be a non-empty string or None")
-        if sender_id is not None and not _is_guid(sender_id):
-            raise ValueError("sender_id must be a GUID (8-4-4-4-12 hex) or None")
-        if not isinstance(empty_success, bool):
-            raise ValueError("empty_success must be a bool")
-        if not isinstance(record_bodies, bool):
-            raise ValueError("record_bodies must be a bool")
-        self.rng = random.Random(seed)
-        self.api_key = api_key
-        self.sender_id = sender_id.lower() if sender_id is not None else None
-        self.empty_success = empty_success
-        self.record_bodies = record_bodies
-        # per-key counts prove "no duplicate sends" in tests; a campaign's own sandbox skips them, since they grow
-        # with every message (about 100 bytes each)
-        self.count_keys = count_keys
-
-        self.requests_total = 0
-        self.accepted_total = 0
-        self.injected_total = 0
-        self.duplicate_keys = 0
-        self.accepted_by_key: dict[str, int] = {}
-        self.accepted_bodies: list[dict[str, Any]] = []
-        self.last_headers: dict[str, str] | None = None
-
+    def __init__(self, state: SandboxState) -> None:
+        self.state = state
         self.connections: set[_HttpProtocol] = set()
         self.idle: asyncio.Event | None = None
 
-    def note_request(self, headers: dict[str, str] | None) -> None:
-        self.requests_total += 1
-        if self.record_bodies and headers is not None:
-            self.last_headers = dict(headers)
-
-    def handle(self, head: _RequestHead, raw_body: bytes) -> _Response:
-        """Answer one well-framed request; updates the accepted counters."""
-        response = self._route(head, raw_body)
+    def handle(self, head: _RequestHead, raw_body: bytes) -> Response:
+        """Answer one well-framed request; the route updates the counters."""
+        request = Request(head.method, head.path, head.query, head.headers, raw_body)
+        response = self._route(request)
         api_key = head.headers.get("x-api-key")
-        if api_key and response.status >= 400:
-            # Error messages quote paths and body keys; whatever a client put there,
-            # the key itself must never be sent back (as it would appear in our JSON).
-            quoted = json.dumps(api_key)[1:-1].encode()
+        if api_key:
+            # Error messages quote paths and body keys, and v3 message bodies quote template parameters; whatever a
+            # client put there, the key itself must never be sent back (as it would appear in our JSON).
+            quoted = _as_in_json(api_key)
             if quoted in response.body:
                 response.body = response.body.replace(quoted, b"[redacted]")
         return response
 
-    def _route(self, head: _RequestHead, raw_body: bytes) -> _Response:
-        if head.path != MESSAGES_PATH:
-            return _error(404, f"no route for {head.method} {head.path}")
-        if head.method != "POST":
-            return _error(405, f"{head.method} is not allowed on {MESSAGES_PATH}", headers=(("Allow", "POST"),))
-        problem = self._check_headers(head.headers)
-        if problem is not None:
-            return problem
-        try:
-            body = json.loads(raw_body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError, RecursionError):
-            # ValueError covers JSONDecodeError; RecursionError is deeply nested input.
-            return _error(400, "request body is not valid JSON", errors={"body": ["must be valid JSON"]})
-        problem = _validate_message(body)
-        if problem is not None:
-            return problem
-        return self._accept(head.headers, cast("dict[str, Any]", body))
-
-    def _check_headers(self, headers: dict[str, str]) -> _Response | None:
-        """Authentication first, as the real API does, then sender id and media type."""
-        api_key = headers.get("x-api-key", "")
-        if not api_key:
-            return _error(401, "x-api-key header is missing", "AUTH-001")
-        sender_id = headers.get("x-sender-id", "")
-        if not sender_id:
-            return _error(401, "x-sender-id header is missing", "AUTH-002")
-        if (self.api_key is not None and api_key != self.api_key) or (
-            self.sender_id is not None and sender_id.lower() != self.sender_id
-        ):
-            return _error(401, "invalid credentials", "AUTH-003")
-        if not _is_guid(sender_id):
-            return _error(400, "x-sender-id must be a GUID", "VAL-002", {"x-sender-id": ["must be a GUID"]})
-        media_type = headers.get("content-type", "").partition(";")[0].strip().lower()
-        if media_type != "application/json":
-            return _error(415, "Content-Type must be application/json")
-        return None
-
-    def _accept(self, headers: dict[str, str], body: dict[str, Any]) -> _Response:
-        if self.failure_rate > 0.0 and self.rng.random() < self.failure_rate:
-            self.injected_total += 1
-            status = self.rng.choice(_INJECTED_STATUSES)
-            if status == 503:
-                return _error(503, "service temporarily unavailable", headers=_RETRY_AFTER)
-            if status == 429:
-                return _error(429, "too many requests", headers=_RETRY_AFTER)
-            return _error(500, "internal server error")
-
-        if self.count_keys:
-            key = headers.get("idempotency-key", "")
-            count = self.accepted_by_key.get(key, 0) + 1
-            self.accepted_by_key[key] = count
-            if count == 2 and key:
-                self.duplicate_keys += 1
-        self.accepted_total += 1
-        if self.record_bodies:
-            self.accepted_bodies.append(body)
-        if self.empty_success:
-            return _Response(204)
-        return _json_response(200, {"messageId": str(uuid.uuid4()), "status": "queued", "channel": "sms"})
+    def _route(self, request: Request) -> Response:
+        for router in _ROUTERS:
+            route = router(request.path)
+            if route is None:
+                continue
+            if request.method not in route.methods:
+                allowed = ", ".join(route.methods)
+                return plain_error(
+                    405, f"{request.method} is not allowed on {request.path}", headers=(("Allow", allowed),)
+                )
+            return route.answer(request, self.state)
+        return plain_error(404, f"no route for {request.method} {request.path}")
 
     def connection_opened(self, conn: _HttpProtocol) -> None:
         self.connections.add(conn)
@@ -553,11 +364,14 @@ class _HttpProtocol(asyncio.Protocol):
             body = bytes(self._buf[: head.content_length])
             del self._buf[: head.content_length]
             self._head = None
-            self._engine.note_request(head.headers)
-            if self._engine.latency_s > 0.0:
-                self._task = asyncio.get_running_loop().create_task(self._answer_later(head, body))
+            self._engine.state.note_request(head.headers)
+            # The request takes effect now and only its answer waits out the latency, as on a real server that acts
+            # and then is slow to reply: a repeat of its Idempotency-Key in the meantime finds it in flight.
+            response = self._engine.handle(head, body)
+            if self._engine.state.latency_s > 0.0:
+                self._task = asyncio.get_running_loop().create_task(self._answer_later(head, response))
             else:
-                self._answer(head, body)
+                self._answer(head, response)
         if self._closing:
             return
         if self._eof and self._task is None and not self._write_paused:
@@ -595,24 +409,23 @@ class _HttpProtocol(asyncio.Protocol):
         self._head = head
         return head
 
-    async def _answer_later(self, head: _RequestHead, body: bytes) -> None:
-        await asyncio.sleep(self._engine.latency_s)
+    async def _answer_later(self, head: _RequestHead, response: Response) -> None:
+        await asyncio.sleep(self._engine.state.latency_s)
         self._task = None
         if self._closing:
             return
-        self._answer(head, body)
+        self._answer(head, response)
         self._drain()
 
-    def _answer(self, head: _RequestHead, body: bytes) -> None:
-        response = self._engine.handle(head, body)
+    def _answer(self, head: _RequestHead, response: Response) -> None:
         self._send(response, keep_alive=head.keep_alive, http10=head.http10, head_only=head.method == "HEAD")
 
     def _fail(self, status: int, message: str) -> None:
         """Answer a request we cannot frame, then drop the connection."""
-        self._engine.note_request(None)
-        self._send(_error(status, message), keep_alive=False, http10=False, head_only=False)
+        self._engine.state.note_request(None)
+        self._send(plain_error(status, message), keep_alive=False, http10=False, head_only=False)
 
-    def _send(self, response: _Response, *, keep_alive: bool, http10: bool, head_only: bool) -> None:
+    def _send(self, response: Response, *, keep_alive: bool, http10: bool, head_only: bool) -> None:
         transport = self._transport
         if transport is None:
             return
@@ -660,12 +473,23 @@ def _url_for(sockname: Any) -> str:
 
 
 class SandboxServer:
-    """The fake Sent.dm endpoint on a real socket.
+    """The fake Sent.dm API (v1, v2 and v3 at once) on a real socket.
 
     ``start()`` runs it in a daemon thread with its own event loop (tests,
     benchmarks, ``run``); ``serve_forever()`` runs it in the calling thread.
     Counters are mutated only on the server loop, so reading them from another
     thread is safe; the dict/list properties return copies.
+
+    Options: ``latency_ms`` delays every answer; ``failure_rate`` of valid sends
+    meet an injected 503/500/429 (``seed`` makes the sequence repeatable);
+    ``api_key``/``sender_id`` are the only credentials accepted when given;
+    ``empty_success`` None lets v1 answer 200 JSON and v2 204, True or False
+    makes both 204 or both JSON; ``record_bodies`` keeps accepted bodies and
+    the last headers; ``count_keys`` keeps the per-key and per-number counts.
+    v3 only: ``templates`` replaces the default templates (dicts with ``id``,
+    ``name``, ``status``, ``variables``, ``channels``); ``rate_limit_per_min``
+    refuses requests over it with 429; ``clock`` (Unix seconds, default
+    ``time.time``) is what idempotency keys age and rate windows turn on.
     """
 
     def __init__(
@@ -678,9 +502,12 @@ class SandboxServer:
         seed: int | None = None,
         api_key: str | None = None,
         sender_id: str | None = None,
-        empty_success: bool = False,
+        empty_success: bool | None = None,
         record_bodies: bool = False,
         count_keys: bool = True,
+        templates: Sequence[Mapping[str, Any]] | None = None,
+        rate_limit_per_min: int | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         if not isinstance(host, str) or not host:
             raise ValueError("host must be a non-empty string")
@@ -688,7 +515,7 @@ class SandboxServer:
             raise ValueError(f"port must be an int between 0 and 65535, got {port!r}")
         self._host = host
         self._port = port
-        self._engine = _Engine(
+        self._state = SandboxState(
             latency_ms=latency_ms,
             failure_rate=failure_rate,
             seed=seed,
@@ -697,7 +524,11 @@ class SandboxServer:
             empty_success=empty_success,
             record_bodies=record_bodies,
             count_keys=count_keys,
+            templates=templates,
+            rate_limit_per_min=rate_limit_per_min,
+            clock=clock,
         )
+        self._engine = _Engine(self._state)
         self._lock = threading.Lock()
         self._started = False
         self._stopped = False
@@ -829,41 +660,46 @@ class SandboxServer:
     @property
     def requests_total(self) -> int:
         """Every request answered, valid or not (interim 100 Continue excluded)."""
-        return self._engine.requests_total
+        return self._state.requests_total
 
     @property
     def accepted_total(self) -> int:
         """Valid requests answered with 2xx (injected failures excluded)."""
-        return self._engine.accepted_total
+        return self._state.accepted_total
 
     @property
     def injected_total(self) -> int:
         """Valid requests answered with an injected 500/503/429."""
-        return self._engine.injected_total
+        return self._state.injected_total
 
     @property
     def accepted_by_key(self) -> dict[str, int]:
         """Acceptances per Idempotency-Key; requests without one count under ""."""
-        return dict(self._engine.accepted_by_key)
+        return dict(self._state.accepted_by_key)
+
+    @property
+    def accepted_by_number(self) -> dict[str, int]:
+        """v3 messages accepted per phone number (one per channel); empty unless ``count_keys``."""
+        return dict(self._state.accepted_by_number)
 
     @property
     def accepted_bodies(self) -> list[dict[str, Any]]:
         """Accepted JSON bodies in order; always empty unless ``record_bodies``."""
-        return list(self._engine.accepted_bodies)
+        return list(self._state.accepted_bodies)
 
     @property
     def last_headers(self) -> dict[str, str] | None:
         """Lower-cased headers of the last request; None unless ``record_bodies``."""
-        headers = self._engine.last_headers
+        headers = self._state.last_headers
         return None if headers is None else dict(headers)
 
     def stats(self) -> dict[str, int]:
         """Headline counters; ``duplicate_keys`` ignores requests without a key."""
-        engine = self._engine
+        state = self._state
         return {
-            "requests_total": engine.requests_total,
-            "accepted_total": engine.accepted_total,
-            "duplicate_keys": engine.duplicate_keys,
+            "requests_total": state.requests_total,
+            "accepted_total": state.accepted_total,
+            "duplicate_keys": state.duplicate_keys,
         }
 
 
