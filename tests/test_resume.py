@@ -414,15 +414,15 @@ def assert_no_message_sent_twice_accepted(server: FaultServer) -> None:
 def test_a_signal_while_the_results_are_written_still_finishes_the_file(
     cli: Cli, make_campaign: MakeCampaign, server: FaultServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pipeline import campaign
+    from pipeline.campaign import run
 
-    real = campaign._write_results
+    real = run.write_results
 
     def interrupted(*args: object, **kwargs: object) -> object:
         os.kill(os.getpid(), signal.SIGTERM)  # arrives while the results pass runs
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(campaign, "_write_results", interrupted)
+    monkeypatch.setattr(run, "write_results", interrupted)
     spec = make_spec(make_campaign, server.url, 30)
     code, out, err = cli("run", spec)
     assert code == 143

@@ -1,0 +1,56 @@
+"""What a caller chooses for a run (`RunOptions`, `RetrySelection`) and where it shows progress (`ProgressSink`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import httpx
+
+from pipeline.outcome import FAILED
+from pipeline.shard import Shard
+
+
+@dataclass(frozen=True)
+class RunStart:
+    """What a progress display says when sending begins."""
+
+    command: str  # "run" or "retry"
+    campaign: str
+    spec_path: str
+    input_path: str
+    total_rows: int | None  # None when not known before reading (CSV, or a shard's share)
+
+
+class ProgressSink(Protocol):
+    """Where a run reports progress; the CLI supplies a bar or periodic log lines."""
+
+    def start(self, run: RunStart) -> None: ...
+    def update(self, counts: Mapping[str, int], pace: str = "") -> None: ...
+    def notice(self, message: str) -> None: ...
+    def warn(self, message: str) -> None: ...
+    def finish(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class RetrySelection:
+    """Which rows with an earlier outcome the `retry` command sends again."""
+
+    statuses: frozenset[str] = frozenset({FAILED})
+    include_permanent: bool = False  # failed rows the server refused for good (4xx) or that failed authentication
+    rows: frozenset[int] | None = None  # result_row positions; None = all
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    dry_run: bool = False
+    limit: int | None = None
+    retry: RetrySelection | None = None  # None: a normal run, which sends only rows with no outcome yet
+    shard: Shard | None = None  # only this shard's rows, with its own results file and state
+    rate: str | None = None  # overrides send.rate for this process (after a shard took its share)
+    transport: httpx.AsyncBaseTransport | None = None  # tests inject one; None = a real network client
+    progress_interval_s: float = 0.2
+    handle_signals: bool = True
+    summary_json: Path | None = None  # written by the caller; checked here with the other outputs before any reading

@@ -1,0 +1,147 @@
+"""Each row's outcome from validation and the state: which rows a run or a retry sends, and the results pass that
+writes one results row per input row."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from pipeline import payload, results, source, validate
+from pipeline.campaign.options import RunOptions
+from pipeline.campaign.prepare import PreparedBatch, prepared_batches
+from pipeline.outcome import FAILED, NOT_ATTEMPTED, SENT, UNKNOWN, Verdict
+from pipeline.spec import CampaignSpec
+from pipeline.state import OUTCOME_COLUMNS, PENDING, StateStore
+
+
+@dataclass
+class Totals:
+    """What the results pass counted: rows, statuses, top errors."""
+
+    rows: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    errors: Counter[str] = field(default_factory=Counter)
+    guarded_cells: int = 0
+    skipped_lines: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, table: pl.DataFrame) -> None:
+        self.rows += table.height
+        for status, n in table.group_by("result_status").len().iter_rows():
+            self.counts[status] = self.counts.get(status, 0) + n
+        problems = table.filter(pl.col("result_status").is_in([FAILED, UNKNOWN]))
+        for error, n in problems.group_by("result_error").len().iter_rows():
+            if len(self.errors) < _MAX_DISTINCT_ERRORS or error in self.errors:
+                self.errors[str(error)] += n
+
+
+_MAX_DISTINCT_ERRORS = 10_000
+
+
+def write_results(
+    spec: CampaignSpec,
+    options: RunOptions,
+    path: Path,
+    store: StateStore | None,
+    not_sent_reason: str | None,
+    *,
+    after_sending: bool,
+) -> Totals:
+    """Write every row's outcome; rows with none are `not_attempted` with `not_sent_reason`, or, when it is None
+    (a dry run), `valid`."""
+    totals = Totals()
+    writer = results.ResultsWriter(path, after_sending=after_sending, csv=results.CsvOptions.of(spec))
+    try:
+        opened: list[source.ContactSource] = []
+        for batch in prepared_batches(spec, options.shard, keys=store is not None, opened=opened):
+            recorded = store.lookup(batch.payloads[payload.KEY].to_list()) if store is not None else empty_outcomes()
+            table = final_outcomes(batch, recorded, not_sent_reason)
+            totals.add(table)
+            writer.write(results.assemble_results(batch.frame, table))
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close()
+    totals.guarded_cells = writer.guarded_cells
+    totals.skipped_lines = opened[0].skipped_blank_lines
+    totals.notes = list(opened[0].notes)
+    return totals
+
+
+def select_rows(payloads: pl.DataFrame, recorded: pl.DataFrame, options: RunOptions) -> tuple[pl.DataFrame, Selected]:
+    """The payload rows to send now, and how many were left alone: rows that already have an outcome (a normal
+    run), or - for `retry` - rows the selection leaves out because resending them could text a person twice
+    (`unknown`) or would be refused again (failed for good)."""
+    joined = payloads.join(
+        recorded.select(payload.KEY, "result_status", "result_verdict"),
+        on=payload.KEY,
+        how="left",
+        maintain_order="left",
+    )
+    fresh = pl.col("result_status").is_null() | (pl.col("result_status") == PENDING)
+    if options.retry is None:
+        chosen = joined.filter(fresh)
+        return chosen.select(payload.ROW, payload.BODY, payload.KEY), Selected(skipped=joined.height - chosen.height)
+    selection = options.retry
+    refused = (pl.col("result_status") == FAILED) & pl.col("result_verdict").is_in(
+        [Verdict.PERMANENT.value, Verdict.AUTH.value]
+    )
+    in_rows = pl.lit(True) if selection.rows is None else pl.col(payload.ROW).is_in(list(selection.rows))
+    wanted = pl.col("result_status").is_in(list(selection.statuses))
+    if not selection.include_permanent:
+        wanted = wanted & ~refused
+    left_unknown = in_rows & (pl.col("result_status") == UNKNOWN) & ~wanted
+    # refused rows count as left out only when failed rows were asked for
+    left_refused = in_rows & refused & ~wanted & pl.lit(FAILED in selection.statuses)
+    counts = joined.select(left_unknown.sum().alias("unknown"), left_refused.sum().alias("refused")).row(0)
+    chosen = joined.filter(wanted & in_rows)
+    return chosen.select(payload.ROW, payload.BODY, payload.KEY), Selected(
+        unknown_left=int(counts[0]), refused_left=int(counts[1])
+    )
+
+
+@dataclass(frozen=True)
+class Selected:
+    skipped: int = 0  # already had an outcome (a normal run)
+    unknown_left: int = 0  # retry: `unknown` rows not resent (no --include-unknown)
+    refused_left: int = 0  # retry: rows the server refused for good, not resent (no --include-permanent)
+
+
+def empty_outcomes() -> pl.DataFrame:
+    return pl.DataFrame(schema=OUTCOME_COLUMNS)
+
+
+def final_outcomes(batch: PreparedBatch, recorded: pl.DataFrame, not_sent_reason: str | None) -> pl.DataFrame:
+    """Every row's outcome: validation's verdict, the recorded delivery outcome, or - for rows with neither -
+    `not_attempted` with `not_sent_reason`, or `valid` when that is None (commands that send nothing)."""
+    checked = batch.checked.select(
+        pl.col(payload.ROW),
+        pl.col(payload.KEY),
+        pl.col(validate.STATUS).alias("check_status"),
+        pl.col(validate.ERROR).alias("check_error"),
+    )
+    delivered = recorded.filter(pl.col("result_status").is_in([SENT, FAILED, UNKNOWN]))
+    merged = checked.join(delivered, on=payload.KEY, how="left", maintain_order="left")
+    unsent = NOT_ATTEMPTED if not_sent_reason is not None else validate.VALID
+    status = pl.coalesce(pl.col("check_status"), pl.col("result_status"), pl.lit(unsent))
+    error = (
+        pl.when(pl.col("check_status").is_not_null())
+        .then(pl.col("check_error"))
+        .when(pl.col("result_status").is_not_null())
+        .then(pl.col("result_error"))
+        .otherwise(pl.lit(not_sent_reason, dtype=pl.String))
+    )
+    # a duplicate row carries no delivery outcome of its own: its original's is on the original's row
+    is_duplicate = pl.col("check_status").is_not_null()
+    return merged.with_columns(
+        status.alias("result_status"),
+        error.alias("result_error"),
+        *(
+            pl.when(is_duplicate).then(None).otherwise(pl.col(c)).alias(c)
+            for c in ("result_http_status", "result_message_id", "result_sent_at", "result_latency_ms")
+        ),
+        pl.when(is_duplicate).then(0).otherwise(pl.col("result_attempts").fill_null(0)).alias("result_attempts"),
+    ).drop("check_status", "check_error", payload.KEY, "result_verdict")

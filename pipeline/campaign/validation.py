@@ -1,0 +1,91 @@
+"""`validate_campaign`: every row checked and every payload built, nothing sent; the report `validate` prints."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from pipeline import payload, results, source, validate
+from pipeline.campaign.outcomes import empty_outcomes, final_outcomes
+from pipeline.campaign.prepare import input_files, prepared_batches
+from pipeline.outputs import Kind, Output, check_outputs
+from pipeline.spec import CampaignSpec
+
+
+@dataclass(frozen=True)
+class ReasonCount:
+    reason: str
+    rows: int
+    example_rows: list[int]
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    rows: int
+    valid: int  # rows that would be sent (first occurrences)
+    invalid: int
+    duplicates: int
+    reasons: list[ReasonCount]
+    example_payload: dict[str, Any] | None
+    skipped_lines: int = 0  # blank and separator-only lines of the input (not rows)
+    notes: list[str] = field(default_factory=list)  # about the input, e.g. unnamed columns left out
+
+
+class _ReasonTally:
+    """Invalid-row reasons over all batches: counts and the first few example rows of each."""
+
+    def __init__(self, examples: int = 5) -> None:
+        self.examples = examples
+        self.rows: dict[str, int] = {}
+        self.example_rows: dict[str, list[int]] = {}
+
+    def add(self, checked: pl.DataFrame) -> None:
+        for reason, rows, example_rows in validate.reason_counts(checked, examples=self.examples).iter_rows():
+            self.rows[reason] = self.rows.get(reason, 0) + rows
+            kept = self.example_rows.setdefault(reason, [])
+            kept.extend(example_rows[: self.examples - len(kept)])
+
+    def report(self) -> list[ReasonCount]:
+        ordered = sorted(self.rows.items(), key=lambda item: (-item[1], item[0]))
+        return [ReasonCount(reason, n, self.example_rows[reason]) for reason, n in ordered]
+
+
+def validate_campaign(spec: CampaignSpec, *, output: Path | None = None) -> ValidationReport:
+    """Check every row and build every payload, sending nothing; with `output`, write each row's outcome in the
+    results format (rows that would be sent are `valid`)."""
+    if output is not None:
+        check_outputs(input_files(spec), [Output("--output", output, Kind.RESULTS)])
+    writer = results.ResultsWriter(output, csv=results.CsvOptions.of(spec)) if output is not None else None
+    rows = valid = invalid = duplicates = 0
+    reasons = _ReasonTally()
+    example: dict[str, Any] | None = None
+    try:
+        opened: list[source.ContactSource] = []
+        for batch in prepared_batches(spec, keys=False, opened=opened):
+            rows += batch.frame.height
+            valid += batch.payloads.height
+            statuses = batch.checked[validate.STATUS]
+            invalid += int((statuses == validate.INVALID).sum())
+            duplicates += int((statuses == validate.DUPLICATE).sum())
+            reasons.add(batch.checked)
+            if example is None and batch.payloads.height:
+                example = json.loads(batch.payloads[payload.BODY][0])
+            if writer is not None:
+                writer.write(results.assemble_results(batch.frame, final_outcomes(batch, empty_outcomes(), None)))
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    if writer is not None:
+        writer.close()
+    contacts = opened[0]
+    return ValidationReport(
+        rows, valid, invalid, duplicates, reasons.report(), example, contacts.skipped_blank_lines, list(contacts.notes)
+    )
+
+
+# --- run ---------------------------------------------------------------------------------------------------------
