@@ -109,10 +109,14 @@ def _build_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=formatter,
         help="read and validate every row and build every payload; send nothing",
-        description="Read the spec and the input, validate every row, build every payload. Makes no network call.",
+        description="Read the spec and the input, validate every row, build every payload. Sends nothing; on v3 it "
+        "reads the templates from the API when the credentials are set (--offline: no network call).",
     )
     check.add_argument("spec", help="path to the YAML job spec")
     check.add_argument("--output", metavar="FILE", help="write each row's validation outcome (.csv, .parquet, .jsonl)")
+    check.add_argument(
+        "--offline", action="store_true", help="v3: skip the template check with the API (no network call at all)"
+    )
     check.set_defaults(handler=_validate)
 
     run = commands.add_parser(
@@ -125,6 +129,12 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("spec", help="path to the YAML job spec")
     run.add_argument("--dry-run", action="store_true", help="do everything except the HTTP requests")
+    run.add_argument(
+        "--server-dry-run",
+        action="store_true",
+        help='v3: send every row with "sandbox": true - Sent.dm checks it and sends nothing; results go to '
+        "NAME.server-dry-run.EXT",
+    )
     run.add_argument("--limit", type=_positive_int, metavar="N", help="send at most N rows (a smoke test)")
     run.add_argument("--summary-json", metavar="FILE", help="also write the run summary as JSON to FILE")
     run.add_argument(
@@ -165,7 +175,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     retry.add_argument("--summary-json", metavar="FILE", help="also write the summary as JSON to FILE")
     retry.add_argument("--shard", type=_shard, metavar="I/N", help="retry within shard I of N")
-    retry.set_defaults(handler=_retry, dry_run=False, limit=None, rate=None)
+    retry.set_defaults(handler=_retry, dry_run=False, server_dry_run=False, limit=None, rate=None)
 
     merge = commands.add_parser(
         "merge",
@@ -243,7 +253,12 @@ def _load(path: str, *, as_json: bool = False, offline: bool = False) -> Campaig
 def _validate(args: argparse.Namespace) -> int:
     spec = _load(args.spec, as_json=args.log_format == "json", offline=True)
     output = Path(args.output).resolve() if args.output else None
-    report = validate_campaign(spec, output=output)
+    report = validate_campaign(spec, output=output, offline=args.offline)
+    for warning in report.warnings:
+        if args.log_format == "json":
+            emit_json(sys.stderr, "warning", message=warning)
+        else:
+            print(f"warning: {warning}", file=sys.stderr)
     if args.log_format == "json":
         emit_json(sys.stdout, "validation", campaign=spec.name, input=str(spec.input.path), **asdict(report))
     else:
@@ -264,6 +279,8 @@ def _print_validation(spec: CampaignSpec, report: ValidationReport, out: TextIO)
         print(f"  skipped {report.skipped_lines} blank or separator-only line(s) (not rows)", file=out)
     for note in report.notes:
         print(f"Note: {note}", file=out)
+    if report.template_check is not None:
+        print(f"Template check: {report.template_check}", file=out)
     if report.reasons:
         print("Invalid rows by reason:", file=out)
         for reason in report.reasons:
@@ -292,6 +309,7 @@ def _run(args: argparse.Namespace, retry: RetrySelection | None = None) -> int:
     summary_json = Path(args.summary_json).resolve() if args.summary_json else None
     options = RunOptions(
         dry_run=args.dry_run,
+        server_dry_run=args.server_dry_run,
         limit=args.limit,
         retry=retry,
         shard=args.shard,
@@ -352,6 +370,9 @@ def _run_exit_code(summary: RunSummary) -> int:
         return errors.EXIT_ABORTED
     if summary.dry_run:
         return errors.EXIT_ROWS_NOT_SENT if summary.counts.get("invalid") else errors.EXIT_OK
+    if summary.server_dry_run:  # rows the server accepted are `valid`: every row accepted is a success
+        refused = sum(n for status, n in summary.counts.items() if status not in ("valid", "duplicate"))
+        return errors.EXIT_ROWS_NOT_SENT if refused else errors.EXIT_OK
     not_sent = sum(n for status, n in summary.counts.items() if status not in ("sent", "duplicate"))
     return errors.EXIT_ROWS_NOT_SENT if not_sent else errors.EXIT_OK
 

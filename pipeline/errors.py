@@ -8,6 +8,8 @@
                                   began); names the file and line
     +-- OutputError               the results file or state cannot be written (exit 2 before sending, 3 after)
     +-- CampaignBusy              another process is running the same campaign (exit 2)
+    +-- ApiUnavailable            a check before sending could not be made: the API refused the credentials or
+                                  could not be reached (exit 3, nothing sent)
 
 Row-level problems (an invalid GUID, a failed request) are never exceptions: they are a status and a reason in the
 results file.
@@ -56,3 +58,9 @@ class OutputError(_StopsARun):
 
 class CampaignBusy(PipelineError):
     """Another process holds the campaign's lock: running both could send a message twice."""
+
+
+class ApiUnavailable(PipelineError):
+    """A call made before sending (the template check) was refused or got no usable answer: nothing was sent."""
+
+    exit_code = EXIT_ABORTED

@@ -11,23 +11,21 @@ campaign always gets the same key, across runs, machines and row order.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 
 import polars as pl
 
-from pipeline.spec import FieldSource, MessageSpec
+from pipeline.api import Generation
+from pipeline.api.v1 import text_of
+from pipeline.fields import BODY, CONTACT, CONTENT, KEY, ROW, TEMPLATE, TEMPLATE_NAME, TO, WEBHOOK, variable_column
+from pipeline.spec import MessageSpec
 
-ROW = "result_row"
-CONTACT = "contact_id"
-TEMPLATE = "template_id"
-WEBHOOK = "webhook_url"
-BODY = "payload"
-KEY = "idempotency_key"
-CONTENT = "content"
+# What each template declares, by the template's reference in the fields frame (its GUID, or its name): only these
+# variables go into its messages. None: not known (no template check was made), so every mapped variable goes.
+Declared = Mapping[str, tuple[str, ...]] | None
 
-
-def variable_column(index: int) -> str:
-    """Name of the fields-frame column holding the index-th variable (user variable names may be anything)."""
-    return f"var_{index}"
+# the fields frame's column names, here too for the modules that build on payloads
+__all__ = ["BODY", "CONTACT", "CONTENT", "KEY", "ROW", "TEMPLATE", "TO", "WEBHOOK", "variable_column"]
 
 
 # Significant decimal digits each float type holds whole (53, 24 and 11 bits of mantissa): more digits than that are
@@ -139,60 +137,69 @@ def _written_out(texts: pl.Series, held: int) -> pl.Series:
     return steps.select(signed).to_series()
 
 
-def _text(source: FieldSource) -> pl.Expr:
-    if source.value is not None:
-        return pl.lit(source.value, dtype=pl.String)
-    return pl.col(str(source.column))
-
-
-def message_fields(frame: pl.DataFrame, message: MessageSpec) -> pl.DataFrame:
+def message_fields(frame: pl.DataFrame, message: MessageSpec, generation: Generation) -> pl.DataFrame:
     """One text column per payload field, plus `result_row` and the row's `content` (its identity for duplicate
     detection and idempotency keys)."""
     mapped = message.columns()
-    frame = as_text(frame.select(ROW, *mapped), mapped, rule=message.value_text)
-    columns = [
-        pl.col(ROW),
-        _text(message.contact_id).str.strip_chars().str.to_lowercase().alias(CONTACT),
-        _text(message.template_id).str.strip_chars().str.to_lowercase().alias(TEMPLATE),
-        *(_text(source).alias(variable_column(i)) for i, source in enumerate(message.variables.values())),
-    ]
-    if message.webhook_url is not None:
-        url = _text(message.webhook_url).str.strip_chars()
-        # an empty cell means "no webhook for this row"
-        columns.append(pl.when(url != "").then(url).alias(WEBHOOK))
-    fields = frame.select(columns)
-    return fields.with_columns(_content(message).alias(CONTENT))
+    texts = as_text(frame.select(ROW, *mapped), mapped, rule=message.value_text)
+    fields = generation.recipient_fields(texts, message)
+    variables = texts.select(
+        text_of(source).alias(variable_column(i)) for i, source in enumerate(message.variables.values())
+    )
+    fields = fields.with_columns(variables) if variables.width else fields
+    return fields.with_columns(_content(message, generation).alias(CONTENT))
 
 
-def _content(message: MessageSpec) -> pl.Expr:
+def _content(message: MessageSpec, generation: Generation) -> pl.Expr:
     """An unambiguous text of everything that goes into the request: each part is prefixed with its length, so no
     choice of values can make two different rows read the same."""
-    parts: list[pl.Expr] = [pl.col(CONTACT), pl.col(TEMPLATE)]
+    parts = generation.identity(message)
     for i, name in enumerate(message.variables):
         parts += [pl.lit(name), pl.col(variable_column(i))]
-    if message.webhook_url is not None:
-        parts.append(pl.col(WEBHOOK).fill_null(""))
     texts = [p.fill_null("") for p in parts]
     framed = [pl.concat_str([t.str.len_bytes().cast(pl.String), pl.lit(":"), t]) for t in texts]
     return pl.concat_str(framed, separator="|")
 
 
-def encode_payloads(fields: pl.DataFrame, message: MessageSpec, *, campaign: str, keys: bool = True) -> pl.DataFrame:
+def _parameters(message: MessageSpec, names: tuple[str, ...] | None) -> pl.Expr | None:
+    """The template variables as a struct (only `names`, when given); None when there are none to send."""
+    fields = [
+        pl.col(variable_column(i)).alias(name)
+        for i, name in enumerate(message.variables)
+        if names is None or name in names
+    ]
+    return pl.struct(fields) if fields else None
+
+
+def bodies(
+    message: MessageSpec, generation: Generation, *, declared: Declared = None, rehearsal: bool = False
+) -> pl.Expr:
+    """Each row's JSON body. With `declared`, a row's parameters are those its template declares."""
+    everything = generation.body(message, _parameters(message, None), rehearsal=rehearsal)
+    if not declared:
+        return everything
+    reference = pl.col(TEMPLATE if message.template_id is not None else TEMPLATE_NAME)
+    per_template = [
+        pl.when(reference == template).then(generation.body(message, _parameters(message, names), rehearsal=rehearsal))
+        for template, names in declared.items()
+    ]
+    return pl.coalesce(*per_template, everything)
+
+
+def encode_payloads(
+    fields: pl.DataFrame,
+    message: MessageSpec,
+    generation: Generation,
+    *,
+    campaign: str,
+    keys: bool = True,
+    declared: Declared = None,
+    rehearsal: bool = False,
+) -> pl.DataFrame:
     """`result_row`, the JSON request body and (unless `keys` is False) the idempotency key of every row in
-    `fields`."""
-    body = {
-        "contactId": pl.col(CONTACT),
-        "templateId": pl.col(TEMPLATE),
-        "messageBody": pl.struct([pl.col(variable_column(i)).alias(name) for i, name in enumerate(message.variables)]),
-    }
-    plain = pl.struct([e.alias(k) for k, e in body.items()]).struct.json_encode()
-    if message.webhook_url is None:
-        encoded = plain
-    else:
-        with_hook = pl.struct([*(e.alias(k) for k, e in body.items()), pl.col(WEBHOOK).alias("webhookUrl")])
-        with_hook = with_hook.struct.json_encode()
-        encoded = pl.when(pl.col(WEBHOOK).is_null()).then(plain).otherwise(with_hook)
-    out = fields.select(pl.col(ROW), encoded.alias(BODY))
+    `fields`; `to` too when the generation sends to phone numbers."""
+    body = bodies(message, generation, declared=declared, rehearsal=rehearsal)
+    out = fields.select(pl.col(ROW), body.alias(BODY), *([pl.col(TO)] if TO in fields.columns else []))
     if KEY in fields.columns:
         return out.with_columns(fields[KEY])
     if not keys:
@@ -209,3 +216,10 @@ def idempotency_keys(content: pl.Series, *, campaign: str) -> pl.Series:
     blake2b = hashlib.blake2b
     keys = [blake2b(prefix + text.encode(), digest_size=16).hexdigest() for text in content]
     return pl.Series(KEY, keys, dtype=pl.String)
+
+
+def rehearsal_keys(keys: pl.Expr) -> pl.Expr:
+    """The Idempotency-Keys of a server-side dry run: its own, derived from the real ones. The server keeps every
+    key 24 hours, rehearsals' too: reusing the real keys would make the real run that follows get the rehearsal's
+    answers replayed, and send nothing."""
+    return pl.concat_str(pl.lit("rehearsal-"), keys).alias(KEY)

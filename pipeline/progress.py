@@ -143,11 +143,26 @@ class JsonProgress(LogProgress):
 
 
 def format_summary(summary: RunSummary) -> str:
-    title = "Dry run" if summary.dry_run else "Retry" if summary.retry else "Run"
+    title = (
+        "Dry run"
+        if summary.dry_run
+        else "Server dry run"
+        if summary.server_dry_run
+        else "Retry"
+        if summary.retry
+        else "Run"
+    )
     where = f" ({summary.shard})" if summary.shard else ""
     lines = [f"{title} of campaign {summary.campaign}{where}: {summary.rows} row(s)"]
     if summary.retry:
         lines.append(_retry_line(summary))
+    if summary.server_dry_run:
+        lines.append(
+            'Every row went to Sent.dm with "sandbox": true: checked there, sent to nobody, charged nothing; '
+            "`valid` rows are the ones it accepted"
+        )
+    if summary.template_check:
+        lines.append(f"Template check: {summary.template_check}")
     lines += [f"Note: {note}" for note in summary.input_notes]
     if summary.skipped_lines:
         lines.append(f"Skipped {summary.skipped_lines} blank or separator-only line(s) of the input (not rows)")

@@ -34,6 +34,10 @@ RESULT_SCHEMA: dict[str, type[pl.DataType]] = {
 }
 
 
+# v3 only (the recipient is a phone number): the number as sent, in E.164; placed right after result_status
+TO_COLUMN = "result_to"
+
+
 @dataclass(frozen=True)
 class CsvOptions:
     """How a results CSV is written (other formats ignore these)."""
@@ -56,11 +60,21 @@ class CsvOptions:
 def assemble_results(frame: pl.DataFrame, outcomes: pl.DataFrame) -> pl.DataFrame:
     """`frame` (the input with `result_row`) joined with `outcomes` (`result_row` and any of the result columns,
     one row per input row), columns in the documented order."""
-    missing = [pl.lit(None, dtype=dtype).alias(name) for name, dtype in RESULT_SCHEMA.items() if name not in outcomes]
-    typed = outcomes.with_columns(missing).select(pl.col(name).cast(dtype) for name, dtype in RESULT_SCHEMA.items())
+    schema = result_schema(with_to=TO_COLUMN in outcomes.columns)
+    missing = [pl.lit(None, dtype=dtype).alias(name) for name, dtype in schema.items() if name not in outcomes]
+    typed = outcomes.with_columns(missing).select(pl.col(name).cast(dtype) for name, dtype in schema.items())
     input_columns = [c for c in frame.columns if c != ROW_COLUMN]
     joined = frame.join(typed, on=ROW_COLUMN, how="left", maintain_order="left")
-    return joined.select(*input_columns, *RESULT_SCHEMA)
+    return joined.select(*input_columns, *schema)
+
+
+def result_schema(*, with_to: bool) -> dict[str, type[pl.DataType]]:
+    """The result columns in order: RESULT_SCHEMA, with `result_to` after `result_status` on v3."""
+    if not with_to:
+        return RESULT_SCHEMA
+    names = list(RESULT_SCHEMA)
+    at = names.index("result_status") + 1
+    return {name: RESULT_SCHEMA.get(name, pl.String) for name in [*names[:at], TO_COLUMN, *names[at:]]}
 
 
 def write_results(

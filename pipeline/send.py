@@ -29,7 +29,8 @@ import anyio
 import httpx
 from anyio.abc import ObjectReceiveStream
 
-from pipeline import __version__
+from pipeline.api import V1, Generation
+from pipeline.api.base import Credentials
 from pipeline.limits import Pacer
 from pipeline.outcome import (
     FAILED,
@@ -38,18 +39,15 @@ from pipeline.outcome import (
     SystemicFailure,
     Verdict,
     classify_exception,
-    classify_status,
     describe_exception,
-    error_text,
-    message_id,
-    parse_body,
     systemic_failure,
 )
 from pipeline.transport import FastHTTPTransport
 
-MESSAGES_PATH = "/v1/messages/contact"
 BeforeSend = Callable[["SendJob"], Awaitable[bool]]
-USER_AGENT = f"sentdm-batch/{__version__}"
+# Where the server keeps Idempotency-Keys 24 hours, a message is resent with its key only within 23 of its first
+# attempt: an hour's margin for clocks and queues, and never a resend the server could not recognise as one.
+KEY_RESEND_WINDOW_S = 23 * 3600.0
 _MAX_PAUSE_S = 3600.0
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 # A host name that does not resolve is looked up again after these pauses before the run stops: long enough to ride
@@ -81,8 +79,10 @@ class SendOutcome:
 @dataclass(frozen=True)
 class SenderConfig:
     base_url: str
-    sender_id: str
+    sender_id: str  # v1, v2 ("" on v3)
     api_key: str = field(repr=False)
+    generation: Generation = field(default_factory=V1)
+    profile_id: str = ""  # v3, optional
     timeout_s: float = 30.0
     concurrency: int = 16
     max_attempts: int = 5
@@ -187,15 +187,16 @@ class _Sender:
         self.on_outcome = on_outcome
         self.before_send = before_send
         self.rng = rng
-        self.url = httpx.URL(config.base_url.rstrip("/") + MESSAGES_PATH)
+        self.generation = config.generation
+        self.url = httpx.URL(config.base_url.rstrip("/") + self.generation.messages_path)
         host = f"[{self.url.host}]" if ":" in self.url.host else self.url.host
         self.target = f"{host}:{self.url.port or _DEFAULT_PORTS.get(self.url.scheme, 0)}"  # for messages
-        self.headers = [
-            (b"x-sender-id", config.sender_id.encode()),
-            (b"x-api-key", config.api_key.encode()),
-            (b"content-type", b"application/json"),
-            (b"user-agent", USER_AGENT.encode()),
-        ]
+        credentials = Credentials(config.api_key, sender_id=config.sender_id, profile_id=config.profile_id)
+        self.headers = self.generation.headers(credentials)
+        # retries after this long from a row's first attempt could not count on the server knowing its key
+        self.max_retry_s = (
+            min(config.max_retry_s, KEY_RESEND_WINDOW_S) if self.generation.keeps_keys else config.max_retry_s
+        )
         self.consecutive_failures = 0
 
     async def worker(self, jobs: ObjectReceiveStream[SendJob]) -> None:
@@ -222,7 +223,7 @@ class _Sender:
             attempt += 1
             started = time.perf_counter()
             try:
-                status, headers, verdict, error, msg_id, systemic = await self._attempt(job)
+                status, headers, verdict, error, msg_id, systemic, stop = await self._attempt(job)
             except anyio.get_cancelled_exc_class():
                 # a forced stop with this request on the wire: whether it was delivered cannot be known
                 self.on_outcome(self._interrupted(job, attempt, started))
@@ -243,7 +244,7 @@ class _Sender:
                 delay = self._backoff_s(attempt)
                 if wait_s is not None:
                     delay = max(delay, wait_s)
-                if time.monotonic() - first_start + delay <= config.max_retry_s:
+                if time.monotonic() - first_start + delay <= self.max_retry_s:
                     self.control.retrying += 1
                     self.control.last_retry_error = error
                     try:
@@ -260,7 +261,9 @@ class _Sender:
             else:
                 final = FAILED
             if verdict is Verdict.AUTH:
-                self.control.abort(f"authentication failed ({error}); check api.sender_id and api.api_key")
+                self.control.abort(f"authentication failed ({error}); {self.generation.credentials_hint}")
+            elif stop is not None:
+                self.control.abort(stop)
             elif systemic is not None:
                 self.control.abort(systemic.message(self.target))
             return SendOutcome(
@@ -293,7 +296,7 @@ class _Sender:
 
     async def _attempt(
         self, job: SendJob
-    ) -> tuple[int | None, httpx.Headers | None, Verdict, str | None, str | None, SystemicFailure | None]:
+    ) -> tuple[int | None, httpx.Headers | None, Verdict, str | None, str | None, SystemicFailure | None, str | None]:
         try:
             # asyncio's own timeout: anyio.fail_after was measured at 6% of a run's CPU, and the transport is
             # asyncio-only anyway
@@ -306,13 +309,17 @@ class _Sender:
         except (httpx.HTTPError, TimeoutError) as exc:
             verdict = classify_exception(exc)
             systemic = systemic_failure(exc) if verdict is Verdict.SYSTEMIC else None
-            return None, None, verdict, describe_exception(exc), None, systemic
-        verdict = classify_status(response.status_code)
-        body = parse_body(content)
-        if verdict is Verdict.SENT:
-            return response.status_code, response.headers, verdict, None, message_id(body), None
-        text = error_text(response.status_code, content, body, secret=self.config.api_key)
-        return response.status_code, response.headers, verdict, text, None, None
+            return None, None, verdict, describe_exception(exc), None, systemic, None
+        answer = self.generation.read_answer(response.status_code, content, secret=self.config.api_key)
+        return (
+            response.status_code,
+            response.headers,
+            answer.verdict,
+            answer.error,
+            answer.message_id,
+            None,
+            answer.stop,
+        )
 
     async def _name_still_missing(self) -> bool:
         """Look the API's host up again, a couple of times: True when it still has no address."""

@@ -35,6 +35,7 @@ ROW_COLUMN = "result_row"
 RESULT_COLUMNS = (
     "result_row",
     "result_status",
+    "result_to",
     "result_http_status",
     "result_message_id",
     "result_error",

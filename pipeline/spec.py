@@ -10,6 +10,7 @@ import difflib
 import os
 import re
 import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
@@ -104,10 +105,17 @@ class InputSpec(_Strict):
 
 
 class MessageSpec(_Strict):
-    contact_id: FieldSource
-    template_id: FieldSource
-    variables: dict[str, FieldSource] = Field(min_length=1)
-    webhook_url: FieldSource | None = None
+    """What each message says and to whom. Which keys apply depends on api.version (see `version_problems`):
+    v1/v2 address a contact GUID (`contact_id`), v3 a phone number (`to`, read with `default_region`)."""
+
+    contact_id: FieldSource | None = None  # v1, v2
+    to: FieldSource | None = None  # v3
+    default_region: str | None = None  # v3: ISO 3166 alpha-2 region of numbers written without +country code
+    template_id: FieldSource | None = None
+    template_name: FieldSource | None = None  # v3
+    variables: dict[str, FieldSource] = Field(default_factory=dict)
+    webhook_url: FieldSource | None = None  # v1, v2
+    channel: FieldSource | None = None  # v3: comma-separated channels (sms, whatsapp, rcs)
     # How typed (Parquet) columns become text: "readable" (0.3, 3, 2026-03-01 09:30:00) or "cast", polars' own cast
     # (0.30000000000000004, 3.0, 2026-03-01 09:30:00.000000), the rule of sentdm-batch 0.1.0, kept so a campaign
     # begun under it can finish without its rows getting new idempotency keys, and being sent again.
@@ -121,25 +129,53 @@ class MessageSpec(_Strict):
                 raise ValueError("variable names must not be blank")
         return variables
 
+    @field_validator("default_region")
+    @classmethod
+    def _known_region(cls, region: str | None) -> str | None:
+        if region is None:
+            return None
+        import phonenumbers  # only specs that name a region pay for the import
+
+        code = region.strip().upper()
+        if code not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"{region!r} is not a region code phonenumbers knows: use ISO 3166 alpha-2, e.g. US, GB")
+        return code
+
     @model_validator(mode="after")
     def _literals_well_formed(self) -> MessageSpec:
         for key in ("contact_id", "template_id"):
-            source: FieldSource = getattr(self, key)
-            if source.value is not None and not re.match(GUID_PATTERN, source.value):
+            source: FieldSource | None = getattr(self, key)
+            if source is not None and source.value is not None and not re.match(GUID_PATTERN, source.value):
                 raise ValueError(
                     f"{key}.value {source.value!r} is not a GUID (like 7ba7b820-9dad-11d1-80b4-00c04fd430c8)"
                 )
         hook = self.webhook_url.value if self.webhook_url is not None else None
         if hook is not None and not re.match(URL_PATTERN, hook):
             raise ValueError(f"webhook_url.value {hook!r} is not an absolute http(s) URL")
+        channel = self.channel.value if self.channel is not None else None
+        if channel is not None:
+            unknown = [c for c in split_channels(channel) if c not in CHANNELS] or ([] if channel.strip() else [""])
+            if unknown:
+                raise ValueError(f"channel.value {channel!r} is not a comma-separated list of {', '.join(CHANNELS)}")
         return self
+
+    def sources(self) -> list[FieldSource]:
+        """Every field source the message reads, in spec order."""
+        named = [self.contact_id, self.to, self.template_id, self.template_name, *self.variables.values()]
+        named += [self.webhook_url, self.channel]
+        return [s for s in named if s is not None]
 
     def columns(self) -> list[str]:
         """Input columns the message reads, in spec order, without repeats."""
-        sources = [self.contact_id, self.template_id, *self.variables.values()]
-        if self.webhook_url is not None:
-            sources.append(self.webhook_url)
-        return list(dict.fromkeys(s.column for s in sources if s.column is not None))
+        return list(dict.fromkeys(s.column for s in self.sources() if s.column is not None))
+
+
+CHANNELS = ("sms", "whatsapp", "rcs")
+
+
+def split_channels(text: str) -> list[str]:
+    """`"sms, WhatsApp"` -> `["sms", "whatsapp"]`: the rule for literals; payload.py applies the same to columns."""
+    return [part.strip().lower() for part in text.split(",") if part.strip()]
 
 
 class SandboxTemplateSpec(_Strict):
@@ -189,8 +225,10 @@ class SandboxSpec(_Strict):
 
 
 class ApiSpec(_Strict):
+    version: Literal["v1", "v2", "v3"] = "v1"
     base_url: str = "https://api.sent.dm"
-    sender_id: str | None = None
+    sender_id: str | None = None  # v1, v2
+    profile_id: str | None = None  # v3, optional: sent as x-profile-id when not empty
     api_key: SecretStr | None = None
     timeout_s: float = Field(default=30.0, gt=0, le=600)
     ca_bundle: Path | None = None  # PEM bundle of the CAs to trust instead of the system's; checked in load_spec
@@ -223,13 +261,15 @@ class ApiSpec(_Strict):
             raise ValueError("`sandbox:` options apply only when base_url is 'sandbox'")
         if self.sender_id and not re.match(GUID_PATTERN, self.sender_id):
             raise ValueError("sender_id is not a GUID (like 6ba7b810-9dad-11d1-80b4-00c04fd430c8)")
+        if self.profile_id and not re.match(GUID_PATTERN, self.profile_id):
+            raise ValueError("profile_id is not a GUID (like 6ba7b810-9dad-11d1-80b4-00c04fd430c8)")
         return self
 
     def missing_credentials(self) -> list[str]:
         """The credential keys a request to a real API needs that this spec leaves empty."""
         if self.is_sandbox:
             return []
-        missing = [] if self.sender_id else ["sender_id"]
+        missing = [] if self.sender_id or self.version == "v3" else ["sender_id"]
         if self.api_key is None or not self.api_key.get_secret_value():
             missing.append("api_key")
         return missing
@@ -252,7 +292,7 @@ class SendSpec(_Strict):
     max_attempts: int = Field(default=5, ge=1, le=100)
     max_retry_s: float = Field(default=300.0, ge=0, le=86_400)
     backoff_s: float = Field(default=0.5, ge=0, le=60)  # first retry waits up to this long, doubling after
-    retry_ambiguous: bool = False
+    retry_ambiguous: bool | None = None  # None: the API generation's default (yes on v3, which keeps keys)
 
     @field_validator("rate")
     @classmethod
@@ -345,11 +385,87 @@ class CampaignSpec(_Strict):
     output: OutputSpec
     spec_path: Path = Path("<spec>")
 
+    @model_validator(mode="after")
+    def _keys_of_the_version(self) -> CampaignSpec:
+        problems = version_problems(dict(self.message), dict(self.api))
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    @property
+    def retry_ambiguous(self) -> bool:
+        """Whether ambiguous failures are sent again: send.retry_ambiguous, by default only where the server keeps
+        Idempotency-Keys (v3), so that a repeat is answered with the first answer instead of texting twice."""
+        chosen = self.send.retry_ambiguous
+        return self.api.version == "v3" if chosen is None else chosen
+
     @property
     def input_format(self) -> Literal["csv", "parquet"]:
         if self.input.format is not None:
             return self.input.format
         return "parquet" if self.input.path.suffix.lower() in (".parquet", ".pq") else "csv"
+
+
+# Keys that belong to some API generations only, with what to write instead on the others.
+_VERSION_KEYS: dict[str, tuple[tuple[str, ...], str]] = {
+    "message.contact_id": (("v1", "v2"), "v3 addresses phone numbers: use message.to (and message.default_region)"),
+    "message.webhook_url": (("v1", "v2"), "v3 reports delivery by webhooks set up in the Sent.dm dashboard"),
+    "message.to": (("v3",), "v1 and v2 address contacts by GUID: use message.contact_id"),
+    "message.default_region": (("v3",), "it reads phone numbers, which only v3 takes"),
+    "message.template_name": (("v3",), "v1 and v2 name templates by GUID: use message.template_id"),
+    "message.channel": (("v3",), "v1 and v2 let Sent.dm pick the channel"),
+    "api.sender_id": (("v1", "v2"), "v3 authenticates with api.api_key alone"),
+    "api.profile_id": (("v3",), "a profile is chosen only on v3"),
+}
+
+
+def version_problems(message: Mapping[str, Any], api: Mapping[str, Any]) -> list[str]:
+    """`key: problem. Hint: fix` for every key of `message` and `api` (a spec's sections, as mappings) that does not
+    fit api.version, and every key the version needs that is missing. Empty values (`${VAR:-}`) count as absent."""
+    version = api.get("version") or "v1"
+    if version not in ("v1", "v2", "v3"):
+        return []  # reported as an invalid value of api.version
+    sections = {"message": message, "api": api}
+
+    def given(key: str) -> bool:
+        section, name = key.split(".")
+        return sections[section].get(name) not in (None, "")
+
+    problems = []
+    for key, (versions, instead) in _VERSION_KEYS.items():
+        if given(key) and version not in versions:
+            where = " and ".join(versions)
+            problems.append(
+                f"{key}: belongs to api.version {where}, not {version}. Hint: {instead}, or set api.version."
+            )
+    if version == "v3":
+        if not given("message.to"):
+            problems.append(
+                "message.to: required key is missing (v3 sends to phone numbers). Hint: write `to: {column: phone}`."
+            )
+        if given("message.template_id") == given("message.template_name"):
+            problems.append(
+                "message.template_id: give either template_id or template_name on v3. "
+                "Hint: `template_name: {value: order_shipped}` names an approved template."
+            )
+    else:
+        if not given("message.contact_id"):
+            problems.append(
+                f"message.contact_id: required key is missing ({version} sends to contact GUIDs). "
+                "Hint: write `contact_id: {column: contact_id}`, or set `api.version: v3` to send to phone numbers."
+            )
+        if not given("message.template_id"):
+            problems.append(
+                "message.template_id: required key is missing. Hint: write `template_id: {value: GUID}` or "
+                "`{column: NAME}`."
+            )
+        if not message.get("variables"):
+            body = "messageBody" if version == "v1" else "templateVariables"
+            problems.append(
+                f"message.variables: required key is missing ({version} refuses an empty {body}). "
+                "Hint: map the template's variables, e.g. `name: {column: first_name}`."
+            )
+    return problems
 
 
 # --- loading -----------------------------------------------------------------------------------------------------
@@ -584,6 +700,8 @@ def _format_validation_error(spec_path: Path, exc: ValidationError, data: Any) -
         loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-")))
         key = _dotted(loc)
         kind = error["type"]
+        if not loc and kind == "value_error":  # the spec as a whole: version_problems, listed above already
+            continue
         if kind == "extra_forbidden":
             model = _model_at(loc[:-1])
             known = sorted(model.model_fields) if model is not None else []
@@ -606,4 +724,10 @@ def _format_validation_error(spec_path: Path, exc: ValidationError, data: Any) -
             shown = f" (got {got!r})" if scalar and kind != "value_error" and "api_key" not in key else ""
             hint_text = f". Hint: {_HINTS[key]}" if key in _HINTS else ""
             lines.append(f"  {key}: {message}{shown}{hint_text}")
+    message_section = data.get("message") if isinstance(data, dict) else None
+    api_section = data.get("api") if isinstance(data, dict) else None
+    if isinstance(message_section, dict) and isinstance(api_section, dict):
+        # what the chosen API generation needs, named even when other keys fail (then the spec-wide check, which
+        # needs every key valid, does not run)
+        lines.extend(f"  {line}" for line in version_problems(message_section, api_section))
     return "\n".join(lines)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import polars as pl
 
-from pipeline.payload import CONTACT, CONTENT, ROW, TEMPLATE, WEBHOOK, variable_column
-from pipeline.spec import GUID_PATTERN, URL_PATTERN, FieldSource, MessageSpec
+from pipeline.api import Generation
+from pipeline.fields import CONTENT, ROW, variable_column
+from pipeline.spec import MessageSpec
 
 STATUS = "result_status"
 ERROR = "result_error"
@@ -21,20 +22,8 @@ REASON_SEPARATOR = "; "
 _SEED_HI, _SEED_LO = 0x5E17, 0xD0C5
 
 
-def _guid_reason(field: str, source: FieldSource) -> pl.Expr | None:
-    if source.column is None:  # a literal, checked once when the spec was loaded
-        return None
-    value = pl.col(field)
-    return (
-        pl.when(value.is_null() | (value == ""))
-        .then(pl.lit(f"{field} is empty (column {source.column})"))
-        .when(~value.str.contains(GUID_PATTERN))
-        .then(pl.lit(f"{field} is not a GUID (column {source.column})"))
-    )
-
-
-def _reasons(message: MessageSpec) -> list[pl.Expr]:
-    reasons = [_guid_reason(CONTACT, message.contact_id), _guid_reason(TEMPLATE, message.template_id)]
+def _reasons(message: MessageSpec, generation: Generation) -> list[pl.Expr]:
+    reasons = generation.reasons(message)
     for i, (name, source) in enumerate(message.variables.items()):
         if source.column is None:
             continue
@@ -44,20 +33,13 @@ def _reasons(message: MessageSpec) -> list[pl.Expr]:
                 pl.lit(f"variable {name} is empty (column {source.column})")
             )
         )
-    hook = message.webhook_url
-    if hook is not None and hook.column is not None:
-        reasons.append(
-            pl.when(pl.col(WEBHOOK).is_not_null() & ~pl.col(WEBHOOK).str.contains(URL_PATTERN)).then(
-                pl.lit(f"webhook_url is not an absolute http(s) URL (column {hook.column})")
-            )
-        )
-    return [r for r in reasons if r is not None]
+    return reasons
 
 
-def check_rows(fields: pl.DataFrame, message: MessageSpec) -> pl.DataFrame:
+def check_rows(fields: pl.DataFrame, message: MessageSpec, generation: Generation) -> pl.DataFrame:
     """`fields` (from payload.message_fields) plus `result_status` ("invalid", "duplicate" or null for a row to
     send) and `result_error` (every reason, or "duplicate of row N")."""
-    reasons = _reasons(message)
+    reasons = _reasons(message, generation)
     error = (
         pl.concat_str(reasons, separator=REASON_SEPARATOR, ignore_nulls=True)
         if reasons

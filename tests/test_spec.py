@@ -63,7 +63,8 @@ def test_missing_required_keys_are_named_by_path(tmp_path: Path) -> None:
         f"{path}: the job spec is invalid:\n"
         "  name: required key is missing. Hint: use letters, digits, '.', '_' or '-' "
         "(it names state files and idempotency keys)\n"
-        "  message.contact_id: required key is missing. Hint: see the spec reference in README.md"
+        "  message.contact_id: required key is missing (v1 sends to contact GUIDs). Hint: write "
+        "`contact_id: {column: contact_id}`, or set `api.version: v3` to send to phone numbers."
     )
 
 

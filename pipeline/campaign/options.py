@@ -46,6 +46,9 @@ class RetrySelection:
 @dataclass(frozen=True)
 class RunOptions:
     dry_run: bool = False
+    # v3: every row goes to the server with "sandbox": true - checked there, sent to nobody - under keys of its own;
+    # results in NAME.server-dry-run.EXT, the campaign's state untouched
+    server_dry_run: bool = False
     limit: int | None = None
     retry: RetrySelection | None = None  # None: a normal run, which sends only rows with no outcome yet
     shard: Shard | None = None  # only this shard's rows, with its own results file and state

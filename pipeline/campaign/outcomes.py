@@ -56,9 +56,12 @@ def write_results(
     writer = results.ResultsWriter(path, after_sending=after_sending, csv=results.CsvOptions.of(spec))
     try:
         opened: list[source.ContactSource] = []
-        for batch in prepared_batches(spec, options.shard, keys=store is not None, opened=opened):
+        batches = prepared_batches(
+            spec, options.shard, keys=store is not None, opened=opened, rehearsal=options.server_dry_run
+        )
+        for batch in batches:
             recorded = store.lookup(batch.payloads[payload.KEY].to_list()) if store is not None else empty_outcomes()
-            table = final_outcomes(batch, recorded, not_sent_reason)
+            table = final_outcomes(batch, recorded, not_sent_reason, rehearsal=options.server_dry_run)
             totals.add(table)
             writer.write(results.assemble_results(batch.frame, table))
     except BaseException:
@@ -114,16 +117,27 @@ def empty_outcomes() -> pl.DataFrame:
     return pl.DataFrame(schema=OUTCOME_COLUMNS)
 
 
-def final_outcomes(batch: PreparedBatch, recorded: pl.DataFrame, not_sent_reason: str | None) -> pl.DataFrame:
+def final_outcomes(
+    batch: PreparedBatch, recorded: pl.DataFrame, not_sent_reason: str | None, *, rehearsal: bool = False
+) -> pl.DataFrame:
     """Every row's outcome: validation's verdict, the recorded delivery outcome, or - for rows with neither -
-    `not_attempted` with `not_sent_reason`, or `valid` when that is None (commands that send nothing)."""
+    `not_attempted` with `not_sent_reason`, or `valid` when that is None (commands that send nothing). In a
+    `rehearsal` (a server-side dry run) what the server accepted is `valid`: it was sent to nobody. On v3 the number
+    as sent is `result_to`."""
+    numbers = [pl.col(payload.TO).alias(results.TO_COLUMN)] if payload.TO in batch.checked.columns else []
     checked = batch.checked.select(
         pl.col(payload.ROW),
         pl.col(payload.KEY),
         pl.col(validate.STATUS).alias("check_status"),
         pl.col(validate.ERROR).alias("check_error"),
+        *numbers,
     )
     delivered = recorded.filter(pl.col("result_status").is_in([SENT, FAILED, UNKNOWN]))
+    if rehearsal:
+        accepted = pl.col("result_status") == SENT
+        delivered = delivered.with_columns(
+            pl.when(accepted).then(pl.lit(validate.VALID)).otherwise(pl.col("result_status")).alias("result_status")
+        )
     merged = checked.join(delivered, on=payload.KEY, how="left", maintain_order="left")
     unsent = NOT_ATTEMPTED if not_sent_reason is not None else validate.VALID
     status = pl.coalesce(pl.col("check_status"), pl.col("result_status"), pl.lit(unsent))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline import payload, source, validate
+from pipeline import api, payload, source, validate
 from pipeline.shard import Shard
 from pipeline.spec import CampaignSpec
 
@@ -36,7 +36,7 @@ class PreparedBatch:
     """One batch of input rows, checked, with the payloads of the rows to send."""
 
     frame: pl.DataFrame  # the input rows as read, with `result_row`
-    checked: pl.DataFrame  # result_row, idempotency_key, result_status (invalid/duplicate/null), result_error
+    checked: pl.DataFrame  # result_row, result_status (invalid/duplicate/null), result_error, idempotency_key[, to]
     payloads: pl.DataFrame  # result_row, payload (JSON text), idempotency_key - rows to send, in input order
 
 
@@ -46,29 +46,39 @@ def prepared_batches(
     *,
     keys: bool = True,
     opened: list[source.ContactSource] | None = None,
+    declared: payload.Declared = None,
+    rehearsal: bool = False,
 ) -> Iterator[PreparedBatch]:
     """Read, validate and build payloads batch by batch (only the rows of `shard`, if given). Duplicates are found
     across the whole input. Idempotency keys, the costliest part, are derived only for the rows to send, and only
-    when `keys` (validation alone does not need them). Raises InputError for an unusable file."""
+    when `keys` (validation alone does not need them). `declared` limits each template's parameters to its own
+    variables; `rehearsal` builds the bodies and keys of a server-side dry run. Raises InputError for an unusable
+    file."""
+    generation = api.generation(spec.api.version)
     contacts = source.open_contacts(spec.input, spec.input_format, required=spec.message.columns())
     if opened is not None:  # the caller reads the skipped-line count and the notes after the pass
         opened.append(contacts)
     seen = validate.SeenKeys()
     for frame in contacts.batches():
-        fields = payload.message_fields(frame, spec.message)
+        fields = payload.message_fields(frame, spec.message, generation)
         if shard is not None:  # the shard follows from the key, so every row needs one
             fields = fields.with_columns(payload.idempotency_keys(fields[payload.CONTENT], campaign=spec.name))
             mine = fields.select(shard.selects(pl.col(payload.KEY))).to_series()
             frame, fields = frame.filter(mine), fields.filter(mine)
-        checked = seen.mark_duplicates(validate.check_rows(fields, spec.message))
+        checked = seen.mark_duplicates(validate.check_rows(fields, spec.message, generation))
         to_send = checked.filter(pl.col(validate.STATUS).is_null())
-        payloads = payload.encode_payloads(to_send, spec.message, campaign=spec.name, keys=keys)
+        payloads = payload.encode_payloads(
+            to_send, spec.message, generation, campaign=spec.name, keys=keys, declared=declared, rehearsal=rehearsal
+        )
+        if rehearsal and keys:
+            payloads = payloads.with_columns(payload.rehearsal_keys(pl.col(payload.KEY)))
+        numbers = [payload.TO] if payload.TO in checked.columns else []
         yield PreparedBatch(
             frame=frame,
-            checked=checked.select(payload.ROW, validate.STATUS, validate.ERROR).join(
+            checked=checked.select(payload.ROW, validate.STATUS, validate.ERROR, *numbers).join(
                 payloads.select(payload.ROW, payload.KEY), on=payload.ROW, how="left", maintain_order="left"
             ),
-            payloads=payloads,
+            payloads=payloads.drop(numbers),
         )
 
 

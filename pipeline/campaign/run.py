@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from typing import Any
 import polars as pl
 
 from pipeline import results, source, validate
+from pipeline.campaign.endpoint import api_endpoint, checked_templates
 from pipeline.campaign.options import ProgressSink, RunOptions
 from pipeline.campaign.outcomes import Totals, write_results
 from pipeline.campaign.prepare import input_files
@@ -21,7 +23,7 @@ from pipeline.campaign.sending import Tally, rows_to_send, send_rows
 from pipeline.errors import InputError, UsageError
 from pipeline.merge import manifest_path, write_shard_manifest
 from pipeline.outcome import FAILED, NOT_ATTEMPTED, SENT, UNKNOWN
-from pipeline.outputs import Kind, Output, check_outputs, dry_run_path
+from pipeline.outputs import Kind, Output, check_outputs, dry_run_path, server_dry_run_path
 from pipeline.send import RunControl
 from pipeline.shard import Shard
 from pipeline.spec import CampaignSpec
@@ -53,6 +55,8 @@ class RunSummary:
     guarded_cells: int  # results CSV cells written with a `'` before them (output.csv_formula_guard)
     state_path: str | None
     dry_run: bool
+    server_dry_run: bool  # v3 rows sent with "sandbox": true: checked by the server, sent to nobody
+    template_check: str | None  # v3: the templates checked with the API before the first send
     aborted_reason: str | None
     interrupted_by: str | None  # "SIGINT" / "SIGTERM"
 
@@ -108,6 +112,8 @@ def run_campaign(
         spec = shard_spec(spec, options.shard)
     if options.rate is not None:
         spec = spec.model_copy(update={"send": spec.send.model_copy(update={"rate": options.rate})})
+    if options.server_dry_run:
+        _check_server_dry_run(spec, options)
     check_outputs(input_files(spec), _run_outputs(spec, options))
     missing = [] if options.dry_run else spec.api.missing_credentials()
     if missing:
@@ -123,20 +129,35 @@ def run_campaign(
             totals = write_results(spec, options, path, store, None, after_sending=False)
         return _summarise(spec, totals, Tally(None), RunControl(), options, path, None, (0, 0), 0.0, started)
 
-    # a missing file, a bad header or a missing column fails here, before anything is sent
-    contacts = source.open_contacts(spec.input, spec.input_format, required=spec.message.columns())
-    results.check_writable(spec.output.results)
-    if options.shard is None:
-        check_shard_layout(state_path(spec), spec.name, None)
-    with StateStore(state_path(spec), spec.name) as store:
-        recovered = store.recover_in_flight(resend=spec.send.retry_ambiguous)
+    with contextlib.ExitStack() as stack:
+        if options.server_dry_run:
+            # a state of its own, thrown away after: a rehearsal never marks a row of the campaign as sent
+            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sentdm-rehearsal-")))
+            output = spec.output.model_copy(
+                update={"results": server_dry_run_path(spec.output.results), "state": scratch / "state.sqlite"}
+            )
+            spec = spec.model_copy(update={"output": output})
+        # a missing file, a bad header or a missing column fails here, before anything is sent
+        contacts = source.open_contacts(spec.input, spec.input_format, required=spec.message.columns())
+        results.check_writable(spec.output.results)
+        if options.shard is None and not options.server_dry_run:
+            check_shard_layout(state_path(spec), spec.name, None)
+        base_url = stack.enter_context(api_endpoint(spec))
+        # v3: every template exists, is approved and has its variables mapped - or nothing is sent (exit 2)
+        templates = checked_templates(spec, base_url)
+        if templates is not None and progress is not None:
+            for warning in templates.warnings:
+                progress.warn(warning)
+        store = stack.enter_context(StateStore(state_path(spec), spec.name))
+        recovered = store.recover_in_flight(resend=spec.retry_ambiguous)
         tally = Tally(progress)
         control = RunControl()
-        jobs = rows_to_send(spec, options, store, tally, control)
+        declared = templates.declared if templates is not None else None
+        jobs = rows_to_send(spec, options, store, tally, control, declared)
         send_started = time.monotonic()
         # a shard's share of the rows is not known before reading them
         total = contacts.total_rows if options.shard is None else None
-        send_rows(spec, jobs, total, store, tally, control, options)
+        send_rows(spec, base_url, jobs, total, store, tally, control, options)
         send_wall_s = time.monotonic() - send_started
         if tally.input_error is not None:
             # the results pass would stop at the same line: keep the state, report the line, and let a rerun on
@@ -165,17 +186,30 @@ def run_campaign(
         control,
         options,
         spec.output.results,
-        state_path(spec),
+        None if options.server_dry_run else state_path(spec),
         (tally.skipped, recovered),
         send_wall_s,
         started,
+        templates.describe() if templates is not None else None,
     )
+
+
+def _check_server_dry_run(spec: CampaignSpec, options: RunOptions) -> None:
+    if spec.api.version != "v3":
+        raise UsageError(
+            f"{spec.spec_path}: --server-dry-run needs api.version v3 ({spec.api.version} has no server-side dry "
+            "run). Hint: use --dry-run, which checks everything locally."
+        )
+    if options.dry_run or options.retry is not None or options.shard is not None:
+        raise UsageError("--server-dry-run goes alone: not with --dry-run, --shard or the retry command")
 
 
 def _run_outputs(spec: CampaignSpec, options: RunOptions) -> list[Output]:
     """Every file a run (as `options` shape it) writes: checked together before anything is read or sent."""
     if options.dry_run:
         outputs = [Output("the dry run's results", dry_run_path(spec.output.results), Kind.RESULTS)]
+    elif options.server_dry_run:
+        outputs = [Output("the server dry run's results", server_dry_run_path(spec.output.results), Kind.RESULTS)]
     else:
         state = state_path(spec)
         outputs = [
@@ -227,8 +261,11 @@ def _summarise(
     skipped_recovered: tuple[int, int],
     send_wall_s: float,
     started: float,
+    template_check: str | None = None,
 ) -> RunSummary:
     counts = dict.fromkeys((SENT, FAILED, validate.INVALID, validate.DUPLICATE, UNKNOWN, NOT_ATTEMPTED), 0)
+    if options.server_dry_run:  # nothing was sent: what the server accepted is `valid`
+        counts = {(validate.VALID if status == SENT else status): n for status, n in counts.items()}
     counts.update(totals.counts)
     top_errors = sorted(totals.errors.items(), key=lambda item: (-item[1], item[0]))[:5]
     latency = pl.Series(tally.latencies_ms, dtype=pl.Float64)
@@ -257,6 +294,8 @@ def _summarise(
         guarded_cells=totals.guarded_cells,
         state_path=str(state_file) if state_file is not None else None,
         dry_run=options.dry_run,
+        server_dry_run=options.server_dry_run,
+        template_check=template_check,
         aborted_reason=control.abort_reason,
         interrupted_by=signal_name,
     )

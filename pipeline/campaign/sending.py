@@ -3,7 +3,6 @@ and signals watched while it runs."""
 
 from __future__ import annotations
 
-import contextlib
 import random
 import signal
 import threading
@@ -12,17 +11,16 @@ from collections.abc import Iterable, Iterator
 
 import anyio
 
-from pipeline import payload
+from pipeline import api, payload
 from pipeline.campaign.options import ProgressSink, RunOptions, RunStart
 from pipeline.campaign.outcomes import select_rows
 from pipeline.campaign.prepare import prepared_batches
 from pipeline.errors import InputError, OutputError
 from pipeline.limits import Pacer
 from pipeline.outcome import FAILED, SENT, UNKNOWN
-from pipeline.sandbox import SandboxServer
 from pipeline.send import RunControl, SenderConfig, SendJob, SendOutcome, send_all
 from pipeline.slowdowns import SlowdownWatch
-from pipeline.spec import CampaignSpec, SandboxSpec
+from pipeline.spec import CampaignSpec
 from pipeline.state import GroupCommitter, StateStore, StateWriteError
 
 
@@ -62,7 +60,12 @@ class Tally:
 
 
 def rows_to_send(
-    spec: CampaignSpec, options: RunOptions, store: StateStore, tally: Tally, control: RunControl
+    spec: CampaignSpec,
+    options: RunOptions,
+    store: StateStore,
+    tally: Tally,
+    control: RunControl,
+    declared: payload.Declared = None,
 ) -> Iterator[SendJob]:
     """The rows to send, read batch by batch as the workers take them: rows without an outcome yet (or, for
     `retry`, the rows it selects), at most `options.limit` of them.
@@ -71,7 +74,7 @@ def rows_to_send(
     found only when its block comes: then the run stops taking rows, lets requests in flight finish, and reports
     the line (see run_campaign)."""
     left = options.limit
-    batches = prepared_batches(spec, options.shard)
+    batches = prepared_batches(spec, options.shard, declared=declared, rehearsal=options.server_dry_run)
     while True:
         try:
             batch = next(batches)
@@ -98,6 +101,7 @@ def rows_to_send(
 
 def send_rows(
     spec: CampaignSpec,
+    base_url: str,
     jobs: Iterator[SendJob],
     total_rows: int | None,
     store: StateStore,
@@ -106,47 +110,41 @@ def send_rows(
     options: RunOptions,
 ) -> None:
     sender_id, api_key = spec.api.credentials()
-    with contextlib.ExitStack() as stack:
-        base_url = spec.api.base_url
-        if spec.api.is_sandbox:
-            box = spec.api.sandbox or SandboxSpec()
-            server = SandboxServer(
-                latency_ms=box.latency_ms, failure_rate=box.failure_rate, seed=box.seed, count_keys=False
-            )
-            base_url = stack.enter_context(server).url
-        send = spec.send
-        config = SenderConfig(
-            base_url=base_url,
-            sender_id=sender_id,
-            api_key=api_key,
-            timeout_s=spec.api.timeout_s,
-            concurrency=send.concurrency,
-            max_attempts=send.max_attempts,
-            max_retry_s=send.max_retry_s,
-            retry_ambiguous=send.retry_ambiguous,
-            backoff_base_s=send.backoff_s,
-            ca_bundle=str(spec.api.ca_bundle) if spec.api.ca_bundle is not None else None,
-        )
-        rate = send.rate_per_s
-        # without an explicit burst, allow about one second's worth (at least one request)
-        progress = tally.progress
-        if progress is not None:
-            tally.watch = SlowdownWatch(progress.notice, progress.warn)
-        pacer = Pacer(
-            rate_per_s=rate,
-            burst=send.burst or max(1, int(rate or 1)),
-            on_event=tally.watch.on_event if tally.watch is not None else None,
-        )
-        if progress is not None:
-            command = "retry" if options.retry is not None else "run"
-            progress.start(RunStart(command, spec.name, str(spec.spec_path), str(spec.input.path), total_rows))
-        try:
-            anyio.run(_send_async, jobs, config, pacer, store, tally, control, options)
-        finally:
-            tally.slowdowns, tally.pauses = pacer.slowdowns, pacer.pauses
-            if tally.progress is not None:
-                tally.progress.update(tally.counts)
-                tally.progress.finish()
+    send = spec.send
+    config = SenderConfig(
+        base_url=base_url,
+        sender_id=sender_id if spec.api.version != "v3" else "",
+        api_key=api_key,
+        generation=api.generation(spec.api.version),
+        profile_id=spec.api.profile_id or "",
+        timeout_s=spec.api.timeout_s,
+        concurrency=send.concurrency,
+        max_attempts=send.max_attempts,
+        max_retry_s=send.max_retry_s,
+        retry_ambiguous=spec.retry_ambiguous,
+        backoff_base_s=send.backoff_s,
+        ca_bundle=str(spec.api.ca_bundle) if spec.api.ca_bundle is not None else None,
+    )
+    rate = send.rate_per_s
+    # without an explicit burst, allow about one second's worth (at least one request)
+    progress = tally.progress
+    if progress is not None:
+        tally.watch = SlowdownWatch(progress.notice, progress.warn)
+    pacer = Pacer(
+        rate_per_s=rate,
+        burst=send.burst or max(1, int(rate or 1)),
+        on_event=tally.watch.on_event if tally.watch is not None else None,
+    )
+    if progress is not None:
+        command = "retry" if options.retry is not None else "run"
+        progress.start(RunStart(command, spec.name, str(spec.spec_path), str(spec.input.path), total_rows))
+    try:
+        anyio.run(_send_async, jobs, config, pacer, store, tally, control, options)
+    finally:
+        tally.slowdowns, tally.pauses = pacer.slowdowns, pacer.pauses
+        if tally.progress is not None:
+            tally.progress.update(tally.counts)
+            tally.progress.finish()
 
 
 async def _send_async(

@@ -10,6 +10,7 @@ from typing import Any
 import polars as pl
 
 from pipeline import payload, results, source, validate
+from pipeline.campaign.endpoint import api_endpoint, checked_templates
 from pipeline.campaign.outcomes import empty_outcomes, final_outcomes
 from pipeline.campaign.prepare import input_files, prepared_batches
 from pipeline.outputs import Kind, Output, check_outputs
@@ -33,6 +34,8 @@ class ValidationReport:
     example_payload: dict[str, Any] | None
     skipped_lines: int = 0  # blank and separator-only lines of the input (not rows)
     notes: list[str] = field(default_factory=list)  # about the input, e.g. unnamed columns left out
+    template_check: str | None = None  # v3: what the template check found, or why it was not made
+    warnings: list[str] = field(default_factory=list)  # e.g. mapped variables a template does not declare
 
 
 class _ReasonTally:
@@ -54,18 +57,20 @@ class _ReasonTally:
         return [ReasonCount(reason, n, self.example_rows[reason]) for reason, n in ordered]
 
 
-def validate_campaign(spec: CampaignSpec, *, output: Path | None = None) -> ValidationReport:
+def validate_campaign(spec: CampaignSpec, *, output: Path | None = None, offline: bool = False) -> ValidationReport:
     """Check every row and build every payload, sending nothing; with `output`, write each row's outcome in the
-    results format (rows that would be sent are `valid`)."""
+    results format (rows that would be sent are `valid`). On v3 the templates are checked with the API too (a GET
+    each, nothing sent) when the credentials are there, unless `offline`."""
     if output is not None:
         check_outputs(input_files(spec), [Output("--output", output, Kind.RESULTS)])
+    template_check, declared, warnings = _check_templates(spec, offline=offline)
     writer = results.ResultsWriter(output, csv=results.CsvOptions.of(spec)) if output is not None else None
     rows = valid = invalid = duplicates = 0
     reasons = _ReasonTally()
     example: dict[str, Any] | None = None
     try:
         opened: list[source.ContactSource] = []
-        for batch in prepared_batches(spec, keys=False, opened=opened):
+        for batch in prepared_batches(spec, keys=False, opened=opened, declared=declared):
             rows += batch.frame.height
             valid += batch.payloads.height
             statuses = batch.checked[validate.STATUS]
@@ -84,8 +89,31 @@ def validate_campaign(spec: CampaignSpec, *, output: Path | None = None) -> Vali
         writer.close()
     contacts = opened[0]
     return ValidationReport(
-        rows, valid, invalid, duplicates, reasons.report(), example, contacts.skipped_blank_lines, list(contacts.notes)
+        rows,
+        valid,
+        invalid,
+        duplicates,
+        reasons.report(),
+        example,
+        contacts.skipped_blank_lines,
+        list(contacts.notes),
+        template_check,
+        warnings,
     )
+
+
+def _check_templates(spec: CampaignSpec, *, offline: bool) -> tuple[str | None, payload.Declared, list[str]]:
+    """(what to report, each template's variables when checked, warnings)."""
+    if spec.api.version != "v3":
+        return None, None, []
+    if offline:
+        return "not made (--offline): templates are checked when the campaign runs", None, []
+    if spec.api.missing_credentials():
+        return "not made: api.api_key is not set (the check reads the templates with it)", None, []
+    with api_endpoint(spec) as base_url:
+        check = checked_templates(spec, base_url)
+    assert check is not None
+    return check.describe(), check.declared, check.warnings
 
 
 # --- run ---------------------------------------------------------------------------------------------------------
