@@ -18,7 +18,7 @@ import fcntl
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,10 @@ SCHEMA_VERSION = "1"
 IN_FLIGHT = "in_flight"
 PENDING = "pending"
 _LOST_IN_FLIGHT = "the process stopped while this request was in flight; it may have been delivered"
+_KEY_TOO_OLD = (
+    "first sent more than {hours:g} hours ago and its answer was lost; the server keeps an Idempotency-Key 24 hours, "
+    "so a resend could no longer be recognised as one - not resent (it may have been delivered)"
+)
 
 # What lookup() returns: the row's key, how its last answer was classified, and the result columns it fills (typed as
 # in the results file, so the two join without casts). The SELECT in lookup() lists them in this order.
@@ -53,7 +57,8 @@ CREATE TABLE IF NOT EXISTS messages (
     attempts INTEGER NOT NULL DEFAULT 0,
     sent_at TEXT,
     latency_ms REAL,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    first_attempt_at REAL          -- Unix seconds of the first in-flight mark: how old the row's key is
 );
 """
 
@@ -66,9 +71,12 @@ def state_path_for(results_path: Path, campaign: str) -> Path:
 class StateStore:
     """The campaign's database and its lock. Use as a context manager; one instance per process."""
 
-    def __init__(self, path: Path, campaign: str, *, read_only: bool = False) -> None:
+    def __init__(
+        self, path: Path, campaign: str, *, read_only: bool = False, clock: Callable[[], float] = time.time
+    ) -> None:
         self.path = path
         self.campaign = campaign
+        self.clock = clock  # Unix seconds; tests move it to age rows
         # read-only: to look outcomes up without taking the lock (a dry run beside a live run); writes fail
         self.read_only = read_only
         self._lock_fd: int | None = None
@@ -100,6 +108,9 @@ class StateStore:
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA busy_timeout=5000")
             db.executescript(_SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(messages)")}
+            if "first_attempt_at" not in columns:  # a state written before keys had an age
+                db.execute("ALTER TABLE messages ADD COLUMN first_attempt_at REAL")
         except sqlite3.Error as exc:
             self.close()
             raise OutputError(f"{self.path}: cannot open the campaign state: {exc}") from None
@@ -157,18 +168,30 @@ class StateStore:
 
     # --- reading ---------------------------------------------------------------------------------------------------
 
-    def recover_in_flight(self, *, resend: bool) -> int:
-        """Settle rows a dead process left in flight: `unknown`, or `pending` (to send again) when `resend`."""
-        if resend:
-            cursor = self.db.execute(
-                "UPDATE messages SET status = ?, updated_at = ? WHERE status = ?", (PENDING, time.time(), IN_FLIGHT)
-            )
-        else:
-            cursor = self.db.execute(
-                "UPDATE messages SET status = 'unknown', verdict = 'ambiguous', error = ?, updated_at = ? "
-                "WHERE status = ?",
-                (_LOST_IN_FLIGHT, time.time(), IN_FLIGHT),
-            )
+    def recover_in_flight(self, *, resend: bool, resend_window_s: float | None = None) -> int:
+        """Settle rows a dead process left in flight: `unknown`, or `pending` (to send again) when `resend`.
+
+        With `resend_window_s` (where the server keeps Idempotency-Keys for a while), a row first sent longer ago
+        than that is never sent again automatically - neither now nor when an earlier recovery left it pending:
+        it becomes `unknown`, saying why. Returns how many rows were in flight."""
+        now = self.clock()
+        with self._transaction() as db:
+            if resend and resend_window_s is not None:
+                db.execute(
+                    "UPDATE messages SET status = 'unknown', verdict = 'ambiguous', error = ?, updated_at = ? "
+                    "WHERE status IN (?, ?) AND COALESCE(first_attempt_at, updated_at) < ?",
+                    (_KEY_TOO_OLD.format(hours=resend_window_s / 3600), now, IN_FLIGHT, PENDING, now - resend_window_s),
+                )
+            if resend:
+                cursor = db.execute(
+                    "UPDATE messages SET status = ?, updated_at = ? WHERE status = ?", (PENDING, now, IN_FLIGHT)
+                )
+            else:
+                cursor = db.execute(
+                    "UPDATE messages SET status = 'unknown', verdict = 'ambiguous', error = ?, updated_at = ? "
+                    "WHERE status = ?",
+                    (_LOST_IN_FLIGHT, now, IN_FLIGHT),
+                )
         return cursor.rowcount
 
     def lookup(self, keys: Sequence[str]) -> pl.DataFrame:
@@ -189,13 +212,15 @@ class StateStore:
     def commit(self, in_flight: Iterable[str], outcomes: Iterable[tuple[Any, ...]]) -> None:
         """One transaction: mark `in_flight` keys, then record outcomes
         (key, status, verdict, http_status, message_id, error, attempts, sent_at, latency_ms)."""
-        now = time.time()
+        now = self.clock()
         with self._transaction() as db:
+            # a row sent again keeps the time of its first attempt: its key's age counts from then
             db.executemany(
-                "INSERT INTO messages (idempotency_key, status, updated_at) VALUES (?, ?, ?) "
+                "INSERT INTO messages (idempotency_key, status, updated_at, first_attempt_at) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (idempotency_key) DO UPDATE "
-                "SET status = excluded.status, updated_at = excluded.updated_at",
-                [(key, IN_FLIGHT, now) for key in in_flight],
+                "SET status = excluded.status, updated_at = excluded.updated_at, "
+                "first_attempt_at = COALESCE(messages.first_attempt_at, excluded.first_attempt_at)",
+                [(key, IN_FLIGHT, now, now) for key in in_flight],
             )
             db.executemany(
                 "UPDATE messages SET status = ?, verdict = ?, http_status = ?, message_id = ?, error = ?, "

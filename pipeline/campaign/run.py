@@ -14,7 +14,7 @@ from typing import Any
 
 import polars as pl
 
-from pipeline import results, source, validate
+from pipeline import api, results, source, validate
 from pipeline.campaign.endpoint import api_endpoint, checked_templates
 from pipeline.campaign.options import ProgressSink, RunOptions
 from pipeline.campaign.outcomes import Totals, write_results
@@ -24,7 +24,7 @@ from pipeline.errors import InputError, UsageError
 from pipeline.merge import manifest_path, write_shard_manifest
 from pipeline.outcome import FAILED, NOT_ATTEMPTED, SENT, UNKNOWN
 from pipeline.outputs import Kind, Output, check_outputs, dry_run_path, server_dry_run_path
-from pipeline.send import RunControl
+from pipeline.send import KEY_RESEND_WINDOW_S, RunControl
 from pipeline.shard import Shard
 from pipeline.spec import CampaignSpec
 from pipeline.state import StateStore, state_path_for
@@ -149,7 +149,9 @@ def run_campaign(
             for warning in templates.warnings:
                 progress.warn(warning)
         store = stack.enter_context(StateStore(state_path(spec), spec.name))
-        recovered = store.recover_in_flight(resend=spec.retry_ambiguous)
+        # where the server keeps keys (v3: 24 h), a row is resent with its key only while the server knows it
+        window = KEY_RESEND_WINDOW_S if api.generation(spec.api.version).keeps_keys else None
+        recovered = store.recover_in_flight(resend=spec.retry_ambiguous, resend_window_s=window)
         tally = Tally(progress)
         control = RunControl()
         declared = templates.declared if templates is not None else None
