@@ -143,10 +143,10 @@ def message_fields(frame: pl.DataFrame, message: MessageSpec, generation: Genera
     mapped = message.columns()
     texts = as_text(frame.select(ROW, *mapped), mapped, rule=message.value_text)
     fields = generation.recipient_fields(texts, message)
-    variables = texts.select(
-        text_of(source).alias(variable_column(i)) for i, source in enumerate(message.variables.values())
-    )
-    fields = fields.with_columns(variables) if variables.width else fields
+    # with `result_row` beside them, literals fill every row (a frame of literals alone would have one row)
+    variables = [text_of(source).alias(variable_column(i)) for i, source in enumerate(message.variables.values())]
+    if variables:
+        fields = fields.with_columns(texts.select(pl.col(ROW), *variables).drop(ROW))
     return fields.with_columns(_content(message, generation).alias(CONTENT))
 
 

@@ -170,7 +170,16 @@ def format_summary(summary: RunSummary) -> str:
         lines.append(
             f"Resumed: {summary.skipped} row(s) already had an outcome from an earlier run and were not sent again"
         )
-    if summary.recovered_in_flight:
+    if summary.recovered_in_flight and summary.recovered_resent:
+        why = (
+            "under their own Idempotency-Keys: the server answers a repeat instead of texting twice"
+            if summary.api_version == "v3"
+            else f"(send.retry_ambiguous; {summary.api_version} keeps no keys, so some may arrive twice)"
+        )
+        lines.append(
+            f"{summary.recovered_in_flight} row(s) were in flight when an earlier run stopped: sent again {why}"
+        )
+    elif summary.recovered_in_flight:
         lines.append(
             f"{summary.recovered_in_flight} row(s) were in flight when an earlier run stopped: "
             "they may have been delivered (see result_error)"

@@ -21,7 +21,7 @@ import ssl
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
@@ -58,8 +58,10 @@ _NAME_RECHECK_DELAYS_S = (0.5, 1.0)
 @dataclass(frozen=True, slots=True)
 class SendJob:
     row: int
-    key: str
+    key: str  # the request's Idempotency-Key: the row's key, or a broadcast's
     body: bytes
+    # a broadcast (one request to several numbers): each member's (row, row key, number); empty for one row
+    members: tuple[tuple[int, str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +76,7 @@ class SendOutcome:
     attempts: int
     sent_at: str
     latency_ms: float
+    by_number: dict[str, str] | None = None  # a broadcast's answer: each number's message ids
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,19 @@ def retry_after_s(headers: httpx.Headers, *, now: float | None = None) -> float 
     return None
 
 
+# one attempt's (HTTP status, headers, verdict, error, message id, setup failure, reason to stop, ids by number)
+_Attempt = tuple[
+    int | None,
+    httpx.Headers | None,
+    Verdict,
+    str | None,
+    str | None,
+    SystemicFailure | None,
+    str | None,
+    dict[str, str] | None,
+]
+
+
 class _Sender:
     def __init__(
         self,
@@ -211,7 +227,33 @@ class _Sender:
                     continue
                 # once its in-flight mark is committed the row is sent even if a stop came meanwhile: skipping it
                 # now would leave a row marked in flight that never left, reported `unknown` by the next run
-                self.on_outcome(await self.deliver(job))
+                self._report(job, await self.deliver(job))
+
+    def _report(self, job: SendJob, outcome: SendOutcome) -> None:
+        """One outcome per row: a broadcast's members each get theirs, with their own message ids."""
+        if not job.members:
+            self.on_outcome(outcome)
+            return
+        for row, key, number in job.members:
+            status, verdict, error, ids = outcome.status, outcome.verdict, outcome.error, None
+            if status == SENT:
+                ids = outcome.by_number.get(number) if outcome.by_number is not None else None
+                if ids is None:
+                    # accepted, but the answer does not say this number got a message: do not guess
+                    status, verdict = UNKNOWN, Verdict.AMBIGUOUS
+                    error = "the server accepted the request but its answer does not list this number"
+            self.on_outcome(
+                replace(
+                    outcome,
+                    row=row,
+                    key=key,
+                    status=status,
+                    verdict=verdict,
+                    error=error,
+                    message_id=ids,
+                    by_number=None,
+                )
+            )
 
     async def deliver(self, job: SendJob) -> SendOutcome:
         """Send one job (its first turn from the pacer already taken), retrying as its verdicts allow."""
@@ -223,10 +265,10 @@ class _Sender:
             attempt += 1
             started = time.perf_counter()
             try:
-                status, headers, verdict, error, msg_id, systemic, stop = await self._attempt(job)
+                status, headers, verdict, error, msg_id, systemic, stop, by_number = await self._attempt(job)
             except anyio.get_cancelled_exc_class():
                 # a forced stop with this request on the wire: whether it was delivered cannot be known
-                self.on_outcome(self._interrupted(job, attempt, started))
+                self._report(job, self._interrupted(job, attempt, started))
                 raise
             latency_ms = (time.perf_counter() - started) * 1000
             if systemic is not None and systemic.confirm and not await self._name_still_missing():
@@ -277,6 +319,7 @@ class _Sender:
                 attempts=attempt,
                 sent_at=_now_iso(),
                 latency_ms=round(latency_ms, 3),
+                by_number=by_number,
             )
 
     @staticmethod
@@ -294,9 +337,7 @@ class _Sender:
             latency_ms=round((time.perf_counter() - started) * 1000, 3),
         )
 
-    async def _attempt(
-        self, job: SendJob
-    ) -> tuple[int | None, httpx.Headers | None, Verdict, str | None, str | None, SystemicFailure | None, str | None]:
+    async def _attempt(self, job: SendJob) -> _Attempt:
         try:
             # asyncio's own timeout: anyio.fail_after was measured at 6% of a run's CPU, and the transport is
             # asyncio-only anyway
@@ -309,7 +350,7 @@ class _Sender:
         except (httpx.HTTPError, TimeoutError) as exc:
             verdict = classify_exception(exc)
             systemic = systemic_failure(exc) if verdict is Verdict.SYSTEMIC else None
-            return None, None, verdict, describe_exception(exc), None, systemic, None
+            return None, None, verdict, describe_exception(exc), None, systemic, None, None
         answer = self.generation.read_answer(response.status_code, content, secret=self.config.api_key)
         return (
             response.status_code,
@@ -319,6 +360,7 @@ class _Sender:
             answer.message_id,
             None,
             answer.stop,
+            answer.by_number,
         )
 
     async def _name_still_missing(self) -> bool:

@@ -293,6 +293,8 @@ class SendSpec(_Strict):
     max_retry_s: float = Field(default=300.0, ge=0, le=86_400)
     backoff_s: float = Field(default=0.5, ge=0, le=60)  # first retry waits up to this long, doubling after
     retry_ambiguous: bool | None = None  # None: the API generation's default (yes on v3, which keeps keys)
+    # v3: rows with the same template, parameters and channel share one request of up to this many numbers
+    batch_recipients: int = Field(default=1, ge=1, le=1000)
 
     @field_validator("rate")
     @classmethod
@@ -387,7 +389,7 @@ class CampaignSpec(_Strict):
 
     @model_validator(mode="after")
     def _keys_of_the_version(self) -> CampaignSpec:
-        problems = version_problems(dict(self.message), dict(self.api))
+        problems = version_problems(dict(self.message), dict(self.api), dict(self.send))
         if problems:
             raise ValueError("\n".join(problems))
         return self
@@ -419,7 +421,9 @@ _VERSION_KEYS: dict[str, tuple[tuple[str, ...], str]] = {
 }
 
 
-def version_problems(message: Mapping[str, Any], api: Mapping[str, Any]) -> list[str]:
+def version_problems(
+    message: Mapping[str, Any], api: Mapping[str, Any], send: Mapping[str, Any] | None = None
+) -> list[str]:
     """`key: problem. Hint: fix` for every key of `message` and `api` (a spec's sections, as mappings) that does not
     fit api.version, and every key the version needs that is missing. Empty values (`${VAR:-}`) count as absent."""
     version = api.get("version") or "v1"
@@ -438,6 +442,12 @@ def version_problems(message: Mapping[str, Any], api: Mapping[str, Any]) -> list
             problems.append(
                 f"{key}: belongs to api.version {where}, not {version}. Hint: {instead}, or set api.version."
             )
+    batch = (send or {}).get("batch_recipients")
+    if version != "v3" and batch not in (None, 1, "1"):
+        problems.append(
+            f"send.batch_recipients: belongs to api.version v3, not {version} (only v3 sends one request to several "
+            "numbers). Hint: remove it, or set api.version: v3."
+        )
     if version == "v3":
         if not given("message.to"):
             problems.append(
@@ -726,8 +736,10 @@ def _format_validation_error(spec_path: Path, exc: ValidationError, data: Any) -
             lines.append(f"  {key}: {message}{shown}{hint_text}")
     message_section = data.get("message") if isinstance(data, dict) else None
     api_section = data.get("api") if isinstance(data, dict) else None
+    send_section = data.get("send") if isinstance(data, dict) else None
     if isinstance(message_section, dict) and isinstance(api_section, dict):
         # what the chosen API generation needs, named even when other keys fail (then the spec-wide check, which
         # needs every key valid, does not run)
-        lines.extend(f"  {line}" for line in version_problems(message_section, api_section))
+        sent = send_section if isinstance(send_section, dict) else None
+        lines.extend(f"  {line}" for line in version_problems(message_section, api_section, sent))
     return "\n".join(lines)

@@ -19,6 +19,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +59,13 @@ CREATE TABLE IF NOT EXISTS messages (
     sent_at TEXT,
     latency_ms REAL,
     updated_at REAL NOT NULL,
-    first_attempt_at REAL          -- Unix seconds of the first in-flight mark: how old the row's key is
+    first_attempt_at REAL,         -- Unix seconds of the first in-flight mark: how old the row's key is
+    request_key TEXT,              -- a broadcast's request (send.batch_recipients): the Idempotency-Key it went with
+    recipient TEXT                 -- a broadcast member's number, to find its message id in the answer
 );
+-- The body of every broadcast request marked in flight: a resumed run resends exactly it, with its key, so the
+-- server recognises the repeat and no number in it is texted twice. Dropped when a run starts and no member waits.
+CREATE TABLE IF NOT EXISTS requests (request_key TEXT PRIMARY KEY, body TEXT NOT NULL);
 """
 
 
@@ -109,8 +115,9 @@ class StateStore:
             db.execute("PRAGMA busy_timeout=5000")
             db.executescript(_SCHEMA)
             columns = {row[1] for row in db.execute("PRAGMA table_info(messages)")}
-            if "first_attempt_at" not in columns:  # a state written before keys had an age
-                db.execute("ALTER TABLE messages ADD COLUMN first_attempt_at REAL")
+            for column in ("first_attempt_at REAL", "request_key TEXT", "recipient TEXT"):
+                if column.split()[0] not in columns:  # a state written by an earlier version
+                    db.execute(f"ALTER TABLE messages ADD COLUMN {column}")
         except sqlite3.Error as exc:
             self.close()
             raise OutputError(f"{self.path}: cannot open the campaign state: {exc}") from None
@@ -192,7 +199,26 @@ class StateStore:
                     "WHERE status = ?",
                     (_LOST_IN_FLIGHT, now, IN_FLIGHT),
                 )
+            db.execute(
+                "DELETE FROM requests WHERE request_key NOT IN (SELECT request_key FROM messages "
+                "WHERE status = ? AND request_key IS NOT NULL)",
+                (PENDING,),
+            )
         return cursor.rowcount
+
+    def pending_requests(self) -> list[PendingRequest]:
+        """Broadcast requests whose members are all still waiting to be resent (an earlier run died with them in
+        flight), each with its body, to be sent again exactly as before."""
+        rows = self.db.execute(
+            "SELECT m.request_key, r.body, m.idempotency_key, m.recipient FROM messages AS m "
+            "JOIN requests AS r USING (request_key) WHERE m.status = ? ORDER BY m.request_key",
+            (PENDING,),
+        ).fetchall()
+        grouped: dict[str, PendingRequest] = {}
+        for request_key, body, key, recipient in rows:
+            request = grouped.setdefault(request_key, PendingRequest(request_key, body, []))
+            request.members.append((key, recipient))
+        return list(grouped.values())
 
     def lookup(self, keys: Sequence[str]) -> pl.DataFrame:
         """The recorded rows among `keys`: idempotency_key and the result columns (status as recorded)."""
@@ -209,9 +235,14 @@ class StateStore:
 
     # --- writing ---------------------------------------------------------------------------------------------------
 
-    def commit(self, in_flight: Iterable[str], outcomes: Iterable[tuple[Any, ...]]) -> None:
-        """One transaction: mark `in_flight` keys, then record outcomes
-        (key, status, verdict, http_status, message_id, error, attempts, sent_at, latency_ms)."""
+    def commit(
+        self,
+        in_flight: Iterable[str],
+        outcomes: Iterable[tuple[Any, ...]],
+        requests: Sequence[InFlightRequest] = (),
+    ) -> None:
+        """One transaction: mark `in_flight` keys and the members of broadcast `requests` (with their bodies), then
+        record outcomes (key, status, verdict, http_status, message_id, error, attempts, sent_at, latency_ms)."""
         now = self.clock()
         with self._transaction() as db:
             # a row sent again keeps the time of its first attempt: its key's age counts from then
@@ -222,6 +253,20 @@ class StateStore:
                 "first_attempt_at = COALESCE(messages.first_attempt_at, excluded.first_attempt_at)",
                 [(key, IN_FLIGHT, now, now) for key in in_flight],
             )
+            if requests:
+                db.executemany(
+                    "INSERT OR IGNORE INTO requests (request_key, body) VALUES (?, ?)",
+                    [(r.request_key, r.body) for r in requests],
+                )
+                db.executemany(
+                    "INSERT INTO messages (idempotency_key, status, updated_at, first_attempt_at, request_key, "
+                    "recipient) VALUES (?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (idempotency_key) DO UPDATE "
+                    "SET status = excluded.status, updated_at = excluded.updated_at, "
+                    "first_attempt_at = COALESCE(messages.first_attempt_at, excluded.first_attempt_at), "
+                    "request_key = excluded.request_key, recipient = excluded.recipient",
+                    [(key, IN_FLIGHT, now, now, r.request_key, number) for r in requests for key, number in r.members],
+                )
             db.executemany(
                 "UPDATE messages SET status = ?, verdict = ?, http_status = ?, message_id = ?, error = ?, "
                 "attempts = attempts + ?, sent_at = ?, latency_ms = ?, updated_at = ? WHERE idempotency_key = ?",
@@ -247,6 +292,24 @@ class _Transaction:
             self.db.execute("ROLLBACK")
 
 
+@dataclass(frozen=True)
+class InFlightRequest:
+    """A broadcast request about to go out: its key, its body, and its members (row key, number)."""
+
+    request_key: str
+    body: str
+    members: Sequence[tuple[str, str]]
+
+
+@dataclass
+class PendingRequest:
+    """A broadcast request an earlier run left in flight, to be resent as it was."""
+
+    request_key: str
+    body: str
+    members: list[tuple[str, str]]  # (row key, number)
+
+
 class StateWriteError(Exception):
     """The state could not be written (disk full, I/O error): nothing more may be sent."""
 
@@ -260,15 +323,20 @@ class GroupCommitter:
     def __init__(self, store: StateStore) -> None:
         self._store = store
         self._in_flight: list[str] = []
+        self._requests: list[InFlightRequest] = []
         self._outcomes: list[tuple[Any, ...]] = []
         self._wake = anyio.Event()
         self._committed = anyio.Event()
         self.error: str | None = None
 
-    async def before_send(self, key: str) -> None:
+    async def before_send(self, key: str, request: InFlightRequest | None = None) -> None:
+        """Wait until `key` - or, for a broadcast, every member of `request` and its body - is committed in flight."""
         if self.error is not None:
             raise StateWriteError(self.error)
-        self._in_flight.append(key)
+        if request is None:
+            self._in_flight.append(key)
+        else:
+            self._requests.append(request)
         committed = self._committed
         self._wake.set()
         await committed.wait()
@@ -286,9 +354,9 @@ class GroupCommitter:
             # a commit costs about as much as a request: give workers that are about to send a few turns to join
             # this transaction, as long as more keep coming
             for _ in range(4):
-                pending = len(self._in_flight) + len(self._outcomes)
+                pending = len(self._in_flight) + len(self._requests) + len(self._outcomes)
                 await anyio.sleep(0)
-                if len(self._in_flight) + len(self._outcomes) == pending:
+                if len(self._in_flight) + len(self._requests) + len(self._outcomes) == pending:
                     break
             self.flush()
             # let the woken workers send before the next commit, so marks gather into batches
@@ -296,11 +364,12 @@ class GroupCommitter:
 
     def flush(self) -> None:
         in_flight, self._in_flight = self._in_flight, []
+        requests, self._requests = self._requests, []
         outcomes, self._outcomes = self._outcomes, []
         committed, self._committed = self._committed, anyio.Event()
-        if (in_flight or outcomes) and self.error is None:
+        if (in_flight or requests or outcomes) and self.error is None:
             try:
-                self._store.commit(in_flight, outcomes)
+                self._store.commit(in_flight, outcomes, requests)
             except sqlite3.Error as exc:
                 self.error = f"cannot write the campaign state {self._store.path}: {exc}"
         committed.set()

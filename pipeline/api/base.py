@@ -23,6 +23,8 @@ class Answer:
     message_id: str | None = None  # every id the server gave the message (one per channel), comma-separated
     error: str | None = None  # one line, for result_error; never holds the API key
     stop: str | None = None  # why the whole run must stop now (e.g. an empty balance): every further row would fail
+    # a request to several numbers (a broadcast): each number's message ids, comma-separated
+    by_number: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)

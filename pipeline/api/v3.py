@@ -119,7 +119,8 @@ class V3(Generation):
             if body is not None and body.get("success") is False:
                 # a 2xx that says it failed: nothing certain about whether the message went out
                 return Answer(Verdict.AMBIGUOUS, error=f"HTTP {status} with success: false")
-            return Answer(verdict, message_id=_message_ids(body))
+            ids, by_number = _message_ids(body)
+            return Answer(verdict, message_id=ids, by_number=by_number)
         error = body.get("error") if body is not None else None
         if not isinstance(error, dict):
             return Answer(verdict, error=error_text(status, content, body, secret=secret))
@@ -138,13 +139,19 @@ class V3(Generation):
         return Answer(verdict, error=text)
 
 
-def _message_ids(body: dict[str, Any] | None) -> str | None:
+def _message_ids(body: dict[str, Any] | None) -> tuple[str | None, dict[str, str] | None]:
+    """Every message id of the answer, comma-separated, and the same by number (`recipients` come in any order)."""
     data = body.get("data") if body is not None else None
     recipients = data.get("recipients") if isinstance(data, dict) else None
     if not isinstance(recipients, list):
-        return None
-    ids = [str(r["message_id"]) for r in recipients if isinstance(r, dict) and r.get("message_id") is not None]
-    return ",".join(ids) or None
+        return None, None
+    ids: list[str] = []
+    by_number: dict[str, list[str]] = {}
+    for recipient in recipients:
+        if isinstance(recipient, dict) and recipient.get("message_id") is not None:
+            ids.append(str(recipient["message_id"]))
+            by_number.setdefault(str(recipient.get("to")), []).append(ids[-1])
+    return ",".join(ids) or None, {number: ",".join(found) for number, found in by_number.items()}
 
 
 def _error_line(status: int, code: str, error: dict[str, Any], secret: str) -> str:
@@ -162,3 +169,19 @@ def _error_line(status: int, code: str, error: dict[str, Any], secret: str) -> s
         text = text.replace(secret, "***")
     head = f"HTTP {status} {code}".rstrip()
     return f"{head}: {text[:_ERROR_TEXT_CHARS]}" if text else head
+
+
+# A v3 body begins with its recipients - `{"to":["+14155550123"],` - as `body` builds it: a broadcast (one request to
+# several numbers) is the first member's body with the list of every member's number in their place.
+_ONE_RECIPIENT = r'^\{"to":\["([^"]+)"\],'
+
+
+def recipient_and_rest(body: pl.Expr) -> tuple[pl.Expr, pl.Expr]:
+    """A one-number body's number, and the rest of it: the message, the same for every member of a broadcast."""
+    return body.str.extract(_ONE_RECIPIENT, 1), body.str.replace(_ONE_RECIPIENT, "{")
+
+
+def broadcast_body(numbers: list[str], rest: str) -> str:
+    """The body of one request to every number of `numbers` with the message `rest`."""
+    listed = ",".join(f'"{number}"' for number in numbers)  # E.164: a `+` and digits, nothing to escape
+    return f'{{"to":[{listed}],{rest[1:]}'

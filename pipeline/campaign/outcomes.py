@@ -16,6 +16,9 @@ from pipeline.outcome import FAILED, NOT_ATTEMPTED, SENT, UNKNOWN, Verdict
 from pipeline.spec import CampaignSpec
 from pipeline.state import OUTCOME_COLUMNS, PENDING, StateStore
 
+# in the rows to send: the row was sent before and its answer was lost, so it goes alone again (see broadcast.py)
+PENDING_FLAG = "pending"
+
 
 @dataclass
 class Totals:
@@ -75,9 +78,9 @@ def write_results(
 
 
 def select_rows(payloads: pl.DataFrame, recorded: pl.DataFrame, options: RunOptions) -> tuple[pl.DataFrame, Selected]:
-    """The payload rows to send now, and how many were left alone: rows that already have an outcome (a normal
-    run), or - for `retry` - rows the selection leaves out because resending them could text a person twice
-    (`unknown`) or would be refused again (failed for good)."""
+    """The payload rows to send now (result_row, payload, idempotency_key, pending), and how many were left alone:
+    rows that already have an outcome (a normal run), or - for `retry` - rows the selection leaves out because
+    resending them could text a person twice (`unknown`) or would be refused again (failed for good)."""
     joined = payloads.join(
         recorded.select(payload.KEY, "result_status", "result_verdict"),
         on=payload.KEY,
@@ -85,9 +88,13 @@ def select_rows(payloads: pl.DataFrame, recorded: pl.DataFrame, options: RunOpti
         maintain_order="left",
     )
     fresh = pl.col("result_status").is_null() | (pl.col("result_status") == PENDING)
+    # rows sent before whose answer was lost go out again alone, under their own key, never in a new broadcast
+    alone = pl.col("result_status").is_in([PENDING, UNKNOWN]).fill_null(False).alias(PENDING_FLAG)
     if options.retry is None:
         chosen = joined.filter(fresh)
-        return chosen.select(payload.ROW, payload.BODY, payload.KEY), Selected(skipped=joined.height - chosen.height)
+        return chosen.select(payload.ROW, payload.BODY, payload.KEY, alone), Selected(
+            skipped=joined.height - chosen.height
+        )
     selection = options.retry
     refused = (pl.col("result_status") == FAILED) & pl.col("result_verdict").is_in(
         [Verdict.PERMANENT.value, Verdict.AUTH.value]
@@ -101,7 +108,7 @@ def select_rows(payloads: pl.DataFrame, recorded: pl.DataFrame, options: RunOpti
     left_refused = in_rows & refused & ~wanted & pl.lit(FAILED in selection.statuses)
     counts = joined.select(left_unknown.sum().alias("unknown"), left_refused.sum().alias("refused")).row(0)
     chosen = joined.filter(wanted & in_rows)
-    return chosen.select(payload.ROW, payload.BODY, payload.KEY), Selected(
+    return chosen.select(payload.ROW, payload.BODY, payload.KEY, alone), Selected(
         unknown_left=int(counts[0]), refused_left=int(counts[1])
     )
 

@@ -33,6 +33,7 @@ from pipeline.state import StateStore, state_path_for
 @dataclass(frozen=True)
 class RunSummary:
     campaign: str
+    api_version: str  # v1, v2 or v3
     shard: str | None  # "shard-0-of-4" for a sharded run
     rows: int
     counts: dict[str, int]
@@ -45,6 +46,7 @@ class RunSummary:
     retry_unknown_left: int  # retry: `unknown` rows not resent (they may have been delivered)
     retry_refused_left: int  # retry: rows the server refused for good (4xx, 401/403), not resent
     recovered_in_flight: int  # rows an earlier, killed run left in flight
+    recovered_resent: bool  # ...sent again under their keys (send.retry_ambiguous), rather than left `unknown`
     wall_s: float
     messages_per_s: float
     latency_p50_ms: float | None
@@ -274,6 +276,7 @@ def _summarise(
     signal_name = signal.Signals(control.interrupt_signal).name if control.interrupt_signal is not None else None
     return RunSummary(
         campaign=spec.name,
+        api_version=spec.api.version,
         shard=options.shard.label if options.shard is not None else None,
         rows=totals.rows,
         counts=counts,
@@ -286,6 +289,7 @@ def _summarise(
         retry_unknown_left=tally.retry_unknown_left,
         retry_refused_left=tally.retry_refused_left,
         recovered_in_flight=skipped_recovered[1],
+        recovered_resent=spec.retry_ambiguous,
         wall_s=round(time.monotonic() - started, 3),
         messages_per_s=round(tally.attempted / send_wall_s, 1) if tally.attempted and send_wall_s > 0 else 0.0,
         latency_p50_ms=_quantile(latency, 0.5),

@@ -10,8 +10,10 @@ from array import array
 from collections.abc import Iterable, Iterator
 
 import anyio
+import polars as pl
 
 from pipeline import api, payload
+from pipeline.campaign.broadcast import Broadcasts, resumed
 from pipeline.campaign.options import ProgressSink, RunOptions, RunStart
 from pipeline.campaign.outcomes import select_rows
 from pipeline.campaign.prepare import prepared_batches
@@ -21,7 +23,7 @@ from pipeline.outcome import FAILED, SENT, UNKNOWN
 from pipeline.send import RunControl, SenderConfig, SendJob, SendOutcome, send_all
 from pipeline.slowdowns import SlowdownWatch
 from pipeline.spec import CampaignSpec
-from pipeline.state import GroupCommitter, StateStore, StateWriteError
+from pipeline.state import GroupCommitter, InFlightRequest, StateStore, StateWriteError
 
 
 class Tally:
@@ -75,10 +77,19 @@ def rows_to_send(
     the line (see run_campaign)."""
     left = options.limit
     batches = prepared_batches(spec, options.shard, declared=declared, rehearsal=options.server_dry_run)
+    broadcasts = Broadcasts(spec) if spec.send.batch_recipients > 1 else None
+    resent: set[str] = set()
+    if broadcasts is not None and options.retry is None:
+        # broadcasts an earlier run died with go first, exactly as they were; their rows are not grouped anew
+        for request in store.pending_requests():
+            resent.update(key for key, _ in request.members)
+            yield resumed(request)
     while True:
         try:
             batch = next(batches)
         except StopIteration:
+            if broadcasts is not None:
+                yield from broadcasts.rest()
             return
         except InputError as exc:
             tally.input_error = exc
@@ -86,6 +97,8 @@ def rows_to_send(
             return
         recorded = store.lookup(batch.payloads[payload.KEY].to_list())
         chosen, selected = select_rows(batch.payloads, recorded, options)
+        if resent:
+            chosen = chosen.filter(~pl.col(payload.KEY).is_in(list(resent)))
         tally.skipped += selected.skipped
         tally.retry_unknown_left += selected.unknown_left
         tally.retry_refused_left += selected.refused_left
@@ -93,9 +106,14 @@ def rows_to_send(
         if left is not None:
             chosen = chosen.head(left)
             left -= chosen.height
-        for row, body, key in chosen.select(payload.ROW, payload.BODY, payload.KEY).iter_rows():
-            yield SendJob(row=row, key=key, body=body.encode())
+        if broadcasts is not None:
+            yield from broadcasts.jobs(chosen)
+        else:
+            for row, body, key in chosen.select(payload.ROW, payload.BODY, payload.KEY).iter_rows():
+                yield SendJob(row=row, key=key, body=body.encode())
         if left == 0:
+            if broadcasts is not None:
+                yield from broadcasts.rest()
             return
 
 
@@ -175,8 +193,12 @@ async def _send_async(
         )
 
     async def before_send(job: SendJob) -> bool:
+        request = None
+        if job.members:
+            members = [(key, number) for _, key, number in job.members]
+            request = InFlightRequest(job.key, job.body.decode(), members)
         try:
-            await committer.before_send(job.key)
+            await committer.before_send(job.key, request)
         except StateWriteError as exc:
             control.abort(str(exc))
             return False
