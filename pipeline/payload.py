@@ -1,11 +1,14 @@
-"""Rows -> the seed endpoint's request bodies and deterministic idempotency keys, in bulk.
+"""Rows -> request bodies and deterministic idempotency keys, in bulk, for any API generation.
 
-`message_fields` turns the input frame into one text column per payload field (GUIDs trimmed and lower-cased,
-webhook URLs trimmed, variables as they are). A typed column (Parquet) becomes text as a person would write it, not
-as a program prints it: `0.3` not `0.30000000000000004`, `0.0000001` not `1e-7`, `3` not `3.0`, `2026-03-01 09:30:00`
-without `.000000` (see `as_text`). `encode_payloads` renders the JSON bodies with polars' JSON encoder and
-derives each row's idempotency key from the campaign name and the row's content, so the same row of the same
-campaign always gets the same key, across runs, machines and row order.
+`message_fields` turns the input frame into one text column per payload field: the generation's own (GUIDs trimmed
+and lower-cased, phone numbers in E.164, ...; see pipeline/api) and the variables as they are. A typed column
+(Parquet) becomes text as a person would write it, not as a program prints it: `0.3` not `0.30000000000000004`,
+`0.0000001` not `1e-7`, `3` not `3.0`, `2026-03-01 09:30:00` without `.000000` (see `as_text`).
+
+`encode_payloads` renders the JSON bodies with polars' JSON encoder (each template's messages with only the
+variables it declares, once the v3 template check has said which) and derives each row's idempotency key from the
+campaign name and the row's content, so the same row of the same campaign always gets the same key, across runs,
+machines and row order.
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@ One SQLite database per campaign (WAL mode), keyed by each row's idempotency key
 campaign name and the row's content: rows can move, be added or change between runs and still be recognised. A row is
 marked `in_flight` - and that mark is committed - before its request goes out; its outcome replaces the mark after.
 A row found `in_flight` when a run starts belonged to a process that died with the request on the wire: it may have
-been delivered, so it becomes `unknown` (or, with send.retry_ambiguous, is sent again with the same key).
+been delivered, so it becomes `unknown` (or, with send.retry_ambiguous - the default on v3 - is sent again with the
+same key; on v3 only within 23 hours of its first attempt, as the server keeps keys 24). A v3 broadcast's body and
+members are kept with their marks, so that exactly that request can be resent.
 
 Marks and outcomes are group-committed: workers that are about to send wait together for one transaction, so
 durability costs one commit per batch rather than one per row. A file lock keeps two processes from running the
