@@ -72,7 +72,10 @@ def check_templates(
     check = TemplateCheck()
     problems: list[str] = []
     mapped = list(message.variables)
-    with httpx.Client(base_url=base_url, headers=headers, timeout=timeout_s, verify=verify) as client:
+    # a proxy named in the environment is used as the sender uses it: never for a server on this machine
+    local = httpx.URL(base_url).host in ("127.0.0.1", "localhost", "::1")
+    client = httpx.Client(base_url=base_url, headers=headers, timeout=timeout_s, verify=verify, trust_env=not local)
+    with client:
         for reference in sorted(set(references)):
             found = _look_up(client, reference, by_name=by_name, secret=api_key)
             if found is None:
