@@ -21,7 +21,7 @@ from pipeline.outcome import FAILED, SENT, UNKNOWN
 from pipeline.send import RunControl, SenderConfig, SendJob, SendOutcome, send_all
 from pipeline.slowdowns import SlowdownWatch
 from pipeline.spec import CampaignSpec
-from pipeline.state import GroupCommitter, StateStore, StateWriteError
+from pipeline.state import PENDING, GroupCommitter, StateStore, StateWriteError
 
 
 class Tally:
@@ -93,8 +93,14 @@ def rows_to_send(
         if left is not None:
             chosen = chosen.head(left)
             left -= chosen.height
+        # rows an earlier run sent and lost the answer to: pending after a crash, or `unknown` picked by `retry`
+        earlier = {
+            key
+            for key, status in recorded.select(payload.KEY, "result_status").iter_rows()
+            if status in (PENDING, UNKNOWN)
+        }
         for row, body, key in chosen.select(payload.ROW, payload.BODY, payload.KEY).iter_rows():
-            yield SendJob(row=row, key=key, body=body.encode())
+            yield SendJob(row=row, key=key, body=body.encode(), maybe_delivered=key in earlier)
         if left == 0:
             return
 
