@@ -62,6 +62,9 @@ class SendJob:
     body: bytes
     # a broadcast (one request to several numbers): each member's (row, row key, number); empty for one row
     members: tuple[tuple[int, str, str], ...] = ()
+    # an earlier run sent it and lost the answer (a row in flight when that run died, or an `unknown` row sent again
+    # by `retry`): it may have been delivered already, so failing now must not report it `failed`
+    maybe_delivered: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,7 +262,8 @@ class _Sender:
         """Send one job (its first turn from the pacer already taken), retrying as its verdicts allow."""
         config = self.config
         first_start = time.monotonic()
-        maybe_delivered = False  # an earlier attempt may have gone out: never report plain "failed" after that
+        # an earlier attempt may have gone out: never report plain "failed" after that
+        maybe_delivered = job.maybe_delivered
         attempt = 0
         while True:
             attempt += 1

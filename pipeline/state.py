@@ -185,6 +185,8 @@ class StateStore:
         it becomes `unknown`, saying why. Returns how many rows were in flight."""
         now = self.clock()
         with self._transaction() as db:
+            # counted first: rows too old to resend are in flight too, and their count is what the summary reports
+            (in_flight,) = db.execute("SELECT COUNT(*) FROM messages WHERE status = ?", (IN_FLIGHT,)).fetchone()
             if resend and resend_window_s is not None:
                 db.execute(
                     "UPDATE messages SET status = 'unknown', verdict = 'ambiguous', error = ?, updated_at = ? "
@@ -192,11 +194,9 @@ class StateStore:
                     (_KEY_TOO_OLD.format(hours=resend_window_s / 3600), now, IN_FLIGHT, PENDING, now - resend_window_s),
                 )
             if resend:
-                cursor = db.execute(
-                    "UPDATE messages SET status = ?, updated_at = ? WHERE status = ?", (PENDING, now, IN_FLIGHT)
-                )
+                db.execute("UPDATE messages SET status = ?, updated_at = ? WHERE status = ?", (PENDING, now, IN_FLIGHT))
             else:
-                cursor = db.execute(
+                db.execute(
                     "UPDATE messages SET status = 'unknown', verdict = 'ambiguous', error = ?, updated_at = ? "
                     "WHERE status = ?",
                     (_LOST_IN_FLIGHT, now, IN_FLIGHT),
@@ -206,7 +206,7 @@ class StateStore:
                 "WHERE status = ? AND request_key IS NOT NULL)",
                 (PENDING,),
             )
-        return cursor.rowcount
+        return int(in_flight)
 
     def pending_requests(self) -> list[PendingRequest]:
         """Broadcast requests whose members are all still waiting to be resent (an earlier run died with them in

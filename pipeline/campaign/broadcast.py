@@ -50,7 +50,7 @@ class Broadcasts:
         """Requests for `chosen` (result_row, payload, idempotency_key, pending), as soon as they can go."""
         alone = chosen.filter(pl.col(PENDING_FLAG))
         for row, body, key in alone.select(payload.ROW, payload.BODY, payload.KEY).iter_rows():
-            yield SendJob(row=row, key=key, body=body.encode())
+            yield SendJob(row=row, key=key, body=body.encode(), maybe_delivered=True)
         number, rest = recipient_and_rest(pl.col(payload.BODY))
         groups = (
             chosen.filter(~pl.col(PENDING_FLAG))
@@ -90,4 +90,4 @@ def resumed(request: PendingRequest) -> SendJob:
     """A broadcast an earlier run left in flight, to be sent again exactly as it was (members' rows are unknown
     here and not needed: outcomes are recorded by key)."""
     members = tuple((0, key, number) for key, number in request.members)
-    return SendJob(row=0, key=request.request_key, body=request.body.encode(), members=members)
+    return SendJob(row=0, key=request.request_key, body=request.body.encode(), members=members, maybe_delivered=True)

@@ -15,7 +15,7 @@ import polars as pl
 from pipeline import api, payload
 from pipeline.campaign.broadcast import Broadcasts, resumed
 from pipeline.campaign.options import ProgressSink, RunOptions, RunStart
-from pipeline.campaign.outcomes import select_rows
+from pipeline.campaign.outcomes import PENDING_FLAG, select_rows
 from pipeline.campaign.prepare import prepared_batches
 from pipeline.errors import InputError, OutputError
 from pipeline.limits import Pacer
@@ -109,8 +109,12 @@ def rows_to_send(
         if broadcasts is not None:
             yield from broadcasts.jobs(chosen)
         else:
-            for row, body, key in chosen.select(payload.ROW, payload.BODY, payload.KEY).iter_rows():
-                yield SendJob(row=row, key=key, body=body.encode())
+            # a row an earlier run sent and lost the answer to (pending after a crash, or `unknown` picked by
+            # `retry`) may have been delivered already: failing now must not report it `failed`
+            for row, body, key, earlier in chosen.select(
+                payload.ROW, payload.BODY, payload.KEY, PENDING_FLAG
+            ).iter_rows():
+                yield SendJob(row=row, key=key, body=body.encode(), maybe_delivered=earlier)
         if left == 0:
             if broadcasts is not None:
                 yield from broadcasts.rest()
