@@ -36,7 +36,7 @@ IN_FLIGHT = "in_flight"
 PENDING = "pending"
 _LOST_IN_FLIGHT = "the process stopped while this request was in flight; it may have been delivered"
 _KEY_TOO_OLD = (
-    "first sent more than {hours:g} hours ago and its answer was lost; the server keeps an Idempotency-Key 24 hours, "
+    "first sent more than {hours} hours ago and its answer was lost; the server keeps an Idempotency-Key 24 hours, "
     "so a resend could no longer be recognised as one - not resent (it may have been delivered)"
 )
 
@@ -191,7 +191,13 @@ class StateStore:
                 db.execute(
                     "UPDATE messages SET status = 'unknown', verdict = 'ambiguous', error = ?, updated_at = ? "
                     "WHERE status IN (?, ?) AND COALESCE(first_attempt_at, updated_at) < ?",
-                    (_KEY_TOO_OLD.format(hours=resend_window_s / 3600), now, IN_FLIGHT, PENDING, now - resend_window_s),
+                    (
+                        _KEY_TOO_OLD.format(hours=f"{resend_window_s / 3600:.3g}"),
+                        now,
+                        IN_FLIGHT,
+                        PENDING,
+                        now - resend_window_s,
+                    ),
                 )
             if resend:
                 db.execute("UPDATE messages SET status = ?, updated_at = ? WHERE status = ?", (PENDING, now, IN_FLIGHT))

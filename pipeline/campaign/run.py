@@ -151,8 +151,10 @@ def run_campaign(
             for warning in templates.warnings:
                 progress.warn(warning)
         store = stack.enter_context(StateStore(state_path(spec), spec.name))
-        # where the server keeps keys (v3: 24 h), a row is resent with its key only while the server knows it
-        window = KEY_RESEND_WINDOW_S if api.generation(spec.api.version).keeps_keys else None
+        # where the server keeps keys (v3: 24 h), a row is resent with its key only while the server knows it: its
+        # retries too (up to send.max_retry_s) must end within 23 hours of its first attempt
+        keeps_keys = api.generation(spec.api.version).keeps_keys
+        window = max(KEY_RESEND_WINDOW_S - spec.send.max_retry_s, 0.0) if keeps_keys else None
         recovered = store.recover_in_flight(resend=spec.retry_ambiguous, resend_window_s=window)
         tally = Tally(progress)
         control = RunControl()
