@@ -132,8 +132,8 @@ class MessageSpec(_Strict):
     @field_validator("default_region")
     @classmethod
     def _known_region(cls, region: str | None) -> str | None:
-        if region is None:
-            return None
+        if not region:
+            return None  # `${VAR:-}` left empty: no default region, as if the key were absent
         import phonenumbers  # only specs that name a region pay for the import
 
         code = region.strip().upper()
