@@ -141,23 +141,32 @@ class MessageSpec(_Strict):
             raise ValueError(f"{region!r} is not a region code phonenumbers knows: use ISO 3166 alpha-2, e.g. US, GB")
         return code
 
-    @model_validator(mode="after")
-    def _literals_well_formed(self) -> MessageSpec:
-        for key in ("contact_id", "template_id"):
-            source: FieldSource | None = getattr(self, key)
-            if source is not None and source.value is not None and not re.match(GUID_PATTERN, source.value):
-                raise ValueError(
-                    f"{key}.value {source.value!r} is not a GUID (like 7ba7b820-9dad-11d1-80b4-00c04fd430c8)"
-                )
-        hook = self.webhook_url.value if self.webhook_url is not None else None
-        if hook is not None and not re.match(URL_PATTERN, hook):
-            raise ValueError(f"webhook_url.value {hook!r} is not an absolute http(s) URL")
-        channel = self.channel.value if self.channel is not None else None
-        if channel is not None:
-            unknown = [c for c in split_channels(channel) if c not in CHANNELS] or ([] if channel.strip() else [""])
-            if unknown:
-                raise ValueError(f"channel.value {channel!r} is not a comma-separated list of {', '.join(CHANNELS)}")
-        return self
+    @field_validator("contact_id", "template_id")
+    @classmethod
+    def _guid_literal(cls, source: FieldSource | None) -> FieldSource | None:
+        if source is not None and source.value is not None and not re.match(GUID_PATTERN, source.value):
+            raise ValueError(f"value {source.value!r} is not a GUID (like 7ba7b820-9dad-11d1-80b4-00c04fd430c8)")
+        return source
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _url_literal(cls, source: FieldSource | None) -> FieldSource | None:
+        if source is not None and source.value is not None and not re.match(URL_PATTERN, source.value):
+            raise ValueError(f"value {source.value!r} is not an absolute http(s) URL")
+        return source
+
+    @field_validator("channel")
+    @classmethod
+    def _channel_literal(cls, source: FieldSource | None) -> FieldSource | None:
+        if source is None or source.value is None:
+            return source
+        listed = split_channels(source.value)
+        if not listed or any(c not in CHANNELS for c in listed):
+            raise ValueError(
+                f"value {source.value!r} is not a comma-separated list of {', '.join(CHANNELS)}. "
+                'Hint: e.g. `channel: {value: "sms,whatsapp"}`, or leave it out to let Sent.dm pick'
+            )
+        return source
 
     def sources(self) -> list[FieldSource]:
         """Every field source the message reads, in spec order."""

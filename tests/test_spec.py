@@ -93,14 +93,14 @@ def test_literal_template_id_and_webhook_are_checked_once_in_the_spec(tmp_path: 
     path = write(tmp_path, data)
     assert error_of(path) == (
         f"{path}: the job spec is invalid:\n"
-        "  message: template_id.value 'tmpl-1' is not a GUID (like 7ba7b820-9dad-11d1-80b4-00c04fd430c8)"
+        "  message.template_id: value 'tmpl-1' is not a GUID (like 7ba7b820-9dad-11d1-80b4-00c04fd430c8)"
     )
     data["message"]["template_id"] = {"value": TEMPLATE}
     data["message"]["webhook_url"] = {"value": "ftp://example.com/x"}
     path = write(tmp_path, data)
     assert error_of(path) == (
         f"{path}: the job spec is invalid:\n"
-        "  message: webhook_url.value 'ftp://example.com/x' is not an absolute http(s) URL"
+        "  message.webhook_url: value 'ftp://example.com/x' is not an absolute http(s) URL"
     )
 
 

@@ -320,7 +320,8 @@ def test_an_unknown_default_region_is_a_spec_error(cli: Cli, tmp_path: Path) -> 
 def test_a_channel_literal_outside_sms_whatsapp_rcs_is_a_spec_error(cli: Cli, tmp_path: Path) -> None:
     spec = write_spec(tmp_path, v3_data(message={"channel": {"value": "sms, pigeon"}}), people(NUMBER))
     assert spec_error_lines(cli, spec) == [
-        "  message: channel.value 'sms, pigeon' is not a comma-separated list of sms, whatsapp, rcs"
+        "  message.channel: value 'sms, pigeon' is not a comma-separated list of sms, whatsapp, rcs. "
+        'Hint: e.g. `channel: {value: "sms,whatsapp"}`, or leave it out to let Sent.dm pick'
     ]
 
 
