@@ -97,12 +97,12 @@ def rows_to_send(
             return
         recorded = store.lookup(batch.payloads[payload.KEY].to_list())
         chosen, selected = select_rows(batch.payloads, recorded, options)
-        if resent:
-            chosen = chosen.filter(~pl.col(payload.KEY).is_in(list(resent)))
         tally.skipped += selected.skipped
         tally.retry_unknown_left += selected.unknown_left
         tally.retry_refused_left += selected.refused_left
         tally.passed(batch.frame.height - chosen.height)
+        if resent:  # already on their way again, in the broadcasts resumed above (counted by their outcomes)
+            chosen = chosen.filter(~pl.col(payload.KEY).is_in(list(resent)))
         if left is not None:
             chosen = chosen.head(left)
             left -= chosen.height
