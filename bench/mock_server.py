@@ -36,6 +36,7 @@ import asyncio
 import itertools
 import json
 import os
+import re
 import resource
 import signal
 import sys
@@ -200,27 +201,30 @@ class MockProtocol(asyncio.Protocol):
             transport.close()
 
 
+# A v3 send's numbers and channels: JSON arrays of plain strings (E.164 numbers, channel names), found with a regex
+# rather than a JSON parser - parsing and re-serialising each body made the mock, not the client, the limit at zero
+# latency (13,000 requests/s from the raw client, against 56,000 on v1).
+_TO = re.compile(rb'"to"\s*:\s*\[([^\]]*)\]')
+_CHANNEL = re.compile(rb'"channel"\s*:\s*\[([^\]]*)\]')
+_HEAD = b'{"success":true,"data":{"status":"QUEUED","template_id":"' + TEMPLATE["id"].encode() + b'","recipients":['
+_SMS = [b'"sms"']
+
+
 def _v3_answer(body: bytes, recorder: Recorder) -> bytes | None:
     """202 with the v3 envelope: one recipient per number and channel; None for a body that is not a v3 send."""
-    try:
-        request = json.loads(body)
-        numbers, channels = request["to"], request.get("channel") or ["sms"]
-    except (ValueError, KeyError, TypeError):
+    found = _TO.search(body)
+    numbers = [n.strip() for n in found.group(1).split(b",")] if found else []
+    if not numbers or not all(len(n) > 2 and n[:1] == b'"' and n[-1:] == b'"' for n in numbers):
         return None
-    if not isinstance(numbers, list) or not numbers:
-        return None
-    recipients = [
-        {"message_id": f"00000000-0000-4000-8000-{next(recorder.ids):012x}", "to": to, "channel": channel}
-        for to in numbers
-        for channel in channels
-    ]
-    envelope = {
-        "success": True,
-        "data": {"status": "QUEUED", "template_id": TEMPLATE["id"], "recipients": recipients},
-        "error": None,
-        "meta": {"request_id": recipients[0]["message_id"], "version": "v3"},
-    }
-    return _response("202 Accepted", json.dumps(envelope).encode())
+    listed = _CHANNEL.search(body)
+    channels = [c.strip() for c in listed.group(1).split(b",")] if listed and listed.group(1).strip() else _SMS
+    recipients = []
+    for number in numbers:
+        for channel in channels:
+            message_id = f"00000000-0000-4000-8000-{next(recorder.ids):012x}".encode()
+            recipients.append(b'{"message_id":"' + message_id + b'","to":' + number + b',"channel":' + channel + b"}")
+    tail = b'},"error":null,"meta":{"request_id":"' + message_id + b'","version":"v3"}}'
+    return _response("202 Accepted", _HEAD + b",".join(recipients) + b"]" + tail)
 
 
 def _template_answer(target: bytes) -> bytes:
