@@ -1,11 +1,12 @@
 """Side-by-side benchmark of the product (`python -m pipeline run`) against the ways a user could otherwise send a
-CSV to Sent.dm's `POST /v1/messages/contact`, all on this machine, all against one local mock server.
+CSV to Sent.dm's `POST /v1/messages/contact` - and, in the v3 scenarios, to `POST /v3/messages` - all on this
+machine, all against one local mock server.
 
 Install line (into the project's venv; everything else is already a dependency of the product or of the bench):
 
-    .venv/bin/pip install requests sentdm        # py-spy too, only if you want to profile by hand
+    .venv/bin/pip install requests sentdm aiohttp   # py-spy too, only if you want to profile by hand
 
-Run (one command, one run, every contender; 5-7 minutes on a 2-core machine, `--quick` about 2 minutes):
+Run (one command, one run, every contender; 11-13 minutes on a 2-core machine with the v3 scenarios, `--quick` about 4):
 
     .venv/bin/python bench/compare.py [--rows 20000] [--quick] [--out bench/out]
 
@@ -18,10 +19,13 @@ kernel's accounting of that one process (`os.wait4`), and its sends are counted 
   plain httpx and aiohttp with a semaphore, and a minimal raw-asyncio HTTP/1.1 client (the practical ceiling);
 - the product's client-side rate limit (200/s, burst 20), checked with arrival times recorded at the mock;
 - `python -m pipeline validate` on 1,000,000 rows (rows/s and peak RSS);
-- time from starting `python -m pipeline run` on 1,000,000 rows to the first request arriving at the mock.
+- time from starting `python -m pipeline run` on 1,000,000 rows to the first request arriving at the mock;
+- v3 (bench/v3.py makes the inputs): the same two throughput scenarios sending customers' phone numbers to
+  `POST /v3/messages`, and `validate` on 1,000,000 distinct phone numbers in mixed formats (default region US,
+  a fifth of them international).
 
 A contender whose run would take longer than the time budget is stopped after a short probe and run again on fewer
-rows (the table says so), so the whole run stays well under 10 minutes. Results go to stdout (markdown) and to
+rows (the table says so), so each scenario stays within a few minutes. Results go to stdout (markdown) and to
 OUT/compare.md and OUT/compare.json. Nothing here is part of the test suite; nothing leaves 127.0.0.1.
 """
 
@@ -50,6 +54,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import v3  # bench/v3.py: this folder is sys.path[0] when compare.py runs as a script
+
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"
 PYTHON = sys.executable
@@ -64,6 +70,7 @@ TARGET_CPU_US = 250.0  # per message at zero latency
 TARGET_VS_SDK = 5.0  # product msg/s over the SDK's, zero latency
 TARGET_RATE_ERROR = 0.02
 TARGET_VALIDATE_ROWS_S = 1_000_000.0
+TARGET_V3_VALIDATE_ROWS_S = 300_000.0  # phone numbers: each is parsed and checked against libphonenumber's rules
 TARGET_FIRST_REQUEST_S = 1.0
 
 # A local opener that ignores any proxy settings: control traffic goes straight to the mock on 127.0.0.1.
@@ -221,9 +228,11 @@ class Inputs:
     """Contact CSVs of exactly N rows (the product sends every row of its file), made once each, in a temp folder.
     The same seed makes the same rows, so a file of N rows is the first N rows of any bigger one."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, env: dict[str, str]) -> None:
         self.folder = folder
+        self.env = env
         self.made: dict[int, Path] = {}
+        self.made_v3: dict[int, Path] = {}
 
     def csv(self, rows: int) -> Path:
         if rows not in self.made:
@@ -243,13 +252,42 @@ class Inputs:
             self.made[rows] = path
         return self.made[rows]
 
+    def customers(self, rows: int) -> Path:
+        """A v3 customer file of exactly `rows` rows (bench/v3.py): the first rows of a bigger one already made,
+        else made by a helper process."""
+        if rows not in self.made_v3:
+            path = self.folder / f"customers-{rows}.csv"
+            bigger = min((n for n in self.made_v3 if n > rows), default=None)
+            if bigger is None:
+                v3.make_customers(path, rows, env=self.env)
+            else:
+                with self.made_v3[bigger].open(encoding="utf-8") as source, path.open("w", encoding="utf-8") as out:
+                    for _ in range(rows + 1):  # the header, then the rows
+                        out.write(source.readline())
+            self.made_v3[rows] = path
+        return self.made_v3[rows]
+
+    def file(self, rows: int, api: str) -> Path:
+        return self.customers(rows) if api == "v3" else self.csv(rows)
+
 
 def write_spec(
-    folder: Path, csv_path: Path, base_url: str, concurrency: int, rate: str | None = None, burst: int | None = None
+    folder: Path,
+    csv_path: Path,
+    base_url: str,
+    concurrency: int,
+    rate: str | None = None,
+    burst: int | None = None,
+    *,
+    api: str = "v1",
 ) -> Path:
     """The product's job spec for one run, in a fresh folder, so its state file (next to the results file) is new
     and every row is really sent."""
     folder.mkdir(parents=True, exist_ok=True)
+    if api == "v3":
+        path = folder / "spec.yaml"
+        path.write_text(v3.spec_text(f"bench-{folder.name}", csv_path, base_url, concurrency, rate, burst), "utf-8")
+        return path
     send = [f"  concurrency: {concurrency}"]
     if rate is not None:
         send.append(f'  rate: "{rate}"')
@@ -316,7 +354,7 @@ class Contender:
 CONTENDERS = [
     Contender(PRODUCT, "product: `python -m pipeline run --quiet`", None),
     Contender("requests", "seed example: `requests.request` loop", "requests_loop.py", sequential=True),
-    Contender("sdk", "official SDK `sentdm` AsyncSent.post + semaphore", "sdk_async.py"),
+    Contender("sdk", "official SDK `sentdm` AsyncSent (v1: .post, v3: .messages.send) + semaphore", "sdk_async.py"),
     Contender("httpx", "httpx.AsyncClient + semaphore", "httpx_async.py"),
     Contender("aiohttp", "aiohttp.ClientSession + semaphore", "aiohttp_async.py"),
     Contender("raw", "raw asyncio HTTP/1.1, fixed connections", "raw_asyncio.py"),
@@ -355,6 +393,7 @@ class Scenario:
     # the product is what the benchmark is about: it gets more time (the brief allows ~2 minutes) and more rows
     product_budget_s: float = 90
     product_shrink_to_s: float = 40
+    api: str = "v1"  # v1: POST /v1/messages/contact; v3: POST /v3/messages with phone numbers
 
     def budget(self, contender: Contender) -> tuple[float, float]:
         """(budget_s, shrink_to_s) for this contender."""
@@ -375,12 +414,14 @@ class Bench:
         self.runs += 1
         return self.work / "runs" / f"{self.runs:03d}-{label}"
 
-    def command(self, contender: Contender, folder: Path, csv_path: Path, concurrency: int, rows: int) -> list[str]:
+    def command(
+        self, contender: Contender, folder: Path, csv_path: Path, concurrency: int, rows: int, api: str
+    ) -> list[str]:
         if contender.script is None:
-            spec = write_spec(folder, csv_path, self.mock.url, concurrency)
+            spec = write_spec(folder, csv_path, self.mock.url, concurrency, api=api)
             return [PYTHON, "-m", "pipeline", "run", str(spec), "--quiet"]
         script = BENCH / "contenders" / contender.script
-        return [PYTHON, str(script), self.mock.url, str(csv_path), str(concurrency), str(rows)]
+        return [PYTHON, str(script), self.mock.url, str(csv_path), str(concurrency), str(rows), "--api", api]
 
     def throughput(self, scenario: Scenario, contender: Contender) -> Result:
         rows = min(scenario.rows, scenario.sequential_rows) if contender.sequential else scenario.rows
@@ -409,9 +450,9 @@ class Bench:
     ) -> tuple[Result, float | None]:
         """One measured run. With `probe`, returns (partial result, measured rate) if the run was stopped because
         it would not finish within the budget."""
-        csv_path = self.inputs.csv(rows)
+        csv_path = self.inputs.file(rows, scenario.api)
         folder = self._folder(f"{scenario.name}-{contender.name}")
-        cmd = self.command(contender, folder, csv_path, scenario.concurrency, rows)
+        cmd = self.command(contender, folder, csv_path, scenario.concurrency, rows, scenario.api)
         self.mock.reset(scenario.latency_ms)
         mock_cpu_before = float(self.mock.stats()["cpu_s"])
         probe_after_s = 8.0
@@ -458,7 +499,9 @@ class Bench:
         if count != rows:
             problems.append(f"mock saw {count:,} requests for {rows:,} rows")
         if int(stats["non_2xx"]):
-            problems.append(f"{stats['non_2xx']} requests were not to POST /v1/messages/contact")
+            problems.append(
+                f"{stats['non_2xx']} requests were not a message to POST /v1/messages/contact or /v3/messages"
+            )
         if problems:
             result.reason = "; ".join(problems) + (f" ({measured.stderr_tail})" if measured.stderr_tail else "")
             return result, None
@@ -518,12 +561,13 @@ class Bench:
             )
         return outcome
 
-    def validate(self, rows: int, repeats: int) -> dict[str, Any]:
-        csv_path = self.inputs.csv(rows)
+    def validate(self, rows: int, repeats: int, api: str = "v1") -> dict[str, Any]:
+        """`validate` as a user runs it (on v3 that includes the template check: one GET to the mock)."""
+        csv_path = self.inputs.file(rows, api)
         walls, rss, failures = [], [], []
         for _ in range(repeats):
-            folder = self._folder("validate")
-            spec = write_spec(folder, csv_path, self.mock.url, 16)
+            folder = self._folder(f"validate-{api}")
+            spec = write_spec(folder, csv_path, self.mock.url, 16, api=api)
             measured = run_measured(
                 [PYTHON, "-m", "pipeline", "validate", str(spec)],
                 env=self.env,
@@ -540,6 +584,7 @@ class Bench:
             return {"rows": rows, "failed": "; ".join(failures)}
         wall = statistics.median(walls)
         return {
+            "api": api,
             "rows": rows,
             "runs": len(walls),
             "wall_s_median": round(wall, 3),
@@ -661,7 +706,7 @@ def machine() -> dict[str, Any]:
     versions = {}
     for package in ("polars", "httpx", "httpcore", "anyio", "sniffio", "aiohttp", "httpx-aiohttp", "sentdm"):
         versions[package] = _version(package)
-    versions.update({name: _version(name) for name in ("requests", "uvloop", "pyyaml", "pydantic")})
+    versions.update({name: _version(name) for name in ("requests", "uvloop", "pyyaml", "pydantic", "phonenumbers")})
     return {
         "when_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         # other work on this small machine skews every number: the load before we start says whether it was quiet
@@ -773,9 +818,11 @@ def render(report: dict[str, Any]) -> str:
             out.append("Requests per second at the mock: " + ", ".join(map(str, rate["per_second"])) + ".")
         if "failed" in rate:
             out.append(f"failed: {rate['failed']}")
-    val = report.get("validate")
-    if val:
-        out += ["", f"## `python -m pipeline validate` on {val['rows']:,} rows", ""]
+    for key, what in (("validate", "contact GUIDs (v1)"), ("validate_v3", v3.VALIDATE_INPUT)):
+        val = report.get(key)
+        if not val:
+            continue
+        out += ["", f"## `python -m pipeline validate` on {val['rows']:,} rows: {what}", ""]
         if "rows_per_s" in val:
             out.append(
                 f"Median of {val['runs']} runs: {val['wall_s_median']} s wall (all: {val['wall_s_all']}) = "
@@ -885,12 +932,17 @@ def targets(report: dict[str, Any], scenarios: dict[str, Scenario]) -> list[dict
                 "result": verdict(passed),
             }
         )
-    val = report.get("validate")
-    if val:
-        passed = val.get("rows_per_s", 0) >= TARGET_VALIDATE_ROWS_S if "rows_per_s" in val else False
+    for key, goal, what in (
+        ("validate", TARGET_VALIDATE_ROWS_S, "validate"),
+        ("validate_v3", TARGET_V3_VALIDATE_ROWS_S, "v3 validate (phone numbers)"),
+    ):
+        val = report.get(key)
+        if not val:
+            continue
+        passed = val.get("rows_per_s", 0) >= goal if "rows_per_s" in val else False
         rows.append(
             {
-                "target": f"validate >= {TARGET_VALIDATE_ROWS_S:,.0f} rows/s ({val['rows']:,} rows, whole process)",
+                "target": f"{what} >= {goal:,.0f} rows/s ({val['rows']:,} rows, whole process)",
                 "measured": f"{val['rows_per_s']:,} rows/s" if "rows_per_s" in val else f"failed: {val.get('failed')}",
                 "result": verdict(passed),
             }
@@ -920,7 +972,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=20_000, help="rows for the throughput scenarios")
     parser.add_argument("--quick", action="store_true", help="a smoke run: small inputs everywhere")
     parser.add_argument("--out", default=str(BENCH / "out"), help="folder for compare.md and compare.json")
-    parser.add_argument("--scenarios", default="zero,latency,rate,validate,first", help="comma-separated subset to run")
+    parser.add_argument(
+        "--scenarios",
+        default="zero,latency,rate,validate,first," + v3.SCENARIOS,
+        help="comma-separated subset to run (v3: " + v3.SCENARIOS + ")",
+    )
     parser.add_argument("--contenders", default=",".join(c.name for c in CONTENDERS), help="comma-separated subset")
     args = parser.parse_args(argv)
     wanted = set(args.scenarios.split(","))
@@ -929,7 +985,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     big_rows = 100_000 if args.quick else 1_000_000
     rate_rows = 1_000 if args.quick else 6_000  # 30 s at 200/s (5 s when quick)
     # budget_s / shrink_to_s: a run projected past 40 s (90 s for the product) is stopped and rerun on ~20 s (40 s)
-    # worth of rows, noted in the table; this keeps the whole benchmark at 5-7 minutes on a 2-core machine
+    # worth of rows, noted in the table; this keeps each throughput scenario to about 2.5 minutes on a 2-core machine
     scenarios = {
         "zero": Scenario(
             name="zero",
@@ -952,6 +1008,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             shrink_to_s=20,
         ),
     }
+    # the same two on v3: phone numbers (mixed formats, normalised before sending) to POST /v3/messages
+    for name in ("zero", "latency"):
+        base = scenarios[name]
+        scenarios["v3" + name] = dataclasses.replace(base, name="v3" + name, title="v3: " + base.title, api="v3")
     scenarios = {name: s for name, s in scenarios.items() if name in wanted}
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     began = time.monotonic()
@@ -968,7 +1028,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         work = Path(tmp)
         mock = Mock(work / "mock.log")
         try:
-            bench = Bench(work, mock, Inputs(work))
+            bench = Bench(work, mock, Inputs(work, child_env()))
             for scenario in scenarios.values():
                 block: dict[str, Any] = {"name": scenario.name, "title": scenario.title, "results": []}
                 for contender in chosen:
@@ -991,6 +1051,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if "validate" in wanted:
                 print(f"[{time.monotonic() - began:5.0f} s] validate on {big_rows:,} rows...", file=sys.stderr)
                 report["validate"] = _guard(lambda: bench.validate(big_rows, 3))
+            if "v3validate" in wanted:
+                print(f"[{time.monotonic() - began:5.0f} s] v3 validate on {big_rows:,} rows...", file=sys.stderr)
+                report["validate_v3"] = _guard(lambda: bench.validate(big_rows, v3.VALIDATE_RUNS, api="v3"))
             if "first" in wanted:
                 print(f"[{time.monotonic() - began:5.0f} s] first request on {big_rows:,} rows...", file=sys.stderr)
                 report["first_request"] = _guard(lambda: bench.first_request(big_rows, 3))

@@ -50,13 +50,15 @@ def _digits(rng: random.Random, count: int, size: int) -> pl.Series:
     return pl.Series([rng.randrange(10**size) for _ in range(count)]).cast(pl.String).str.zfill(size)
 
 
-def make_numbers(rows: int, seed: int) -> pl.DataFrame:
-    """`rows` distinct numbers: `e164` (as generated), `region` and `text` (as written in the file)."""
+def make_numbers(rows: int, seed: int, *, us_share: float = 0.6) -> pl.DataFrame:
+    """`rows` distinct numbers: `e164` (as generated), `region` and `text` (as written in the file); `us_share` of
+    them US numbers, the rest from every other region."""
     rng = random.Random(seed)
     by_region = seeds()
     by_region.pop("US")
     others = [(region, n) for region, numbers in by_region.items() for n in numbers]
-    us_rows, other_rows = int(rows * 0.6), rows - int(rows * 0.6)
+    us_rows = int(rows * us_share)
+    other_rows = rows - us_rows
     areas = us_area_codes()
     more = int(us_rows * 1.1) + 1000
     exchange = pl.Series([rng.randrange(200, 1000) for _ in range(more)]).cast(pl.String)

@@ -3,7 +3,7 @@
 The connector's limit equals the concurrency (one connection per request in flight, reused with keep-alive); the
 semaphore is acquired before each task is created, so at most CONCURRENCY tasks exist at once.
 
-    python bench/contenders/aiohttp_async.py BASE_URL CSV CONCURRENCY ROWS
+    python bench/contenders/aiohttp_async.py BASE_URL CSV CONCURRENCY ROWS [--api v1|v3]
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ import sys
 import time
 
 import aiohttp
-from common import HEADERS, Tally, encode, parse_args, read_bodies, report, spawn_bounded
+from common import Tally, encode, parse_args, read_bodies, report, spawn_bounded
 
 
-async def send_all(url: str, bodies: list[bytes], concurrency: int, tally: Tally) -> None:
+async def send_all(url: str, headers: dict[str, str], bodies: list[bytes], concurrency: int, tally: Tally) -> None:
     connector = aiohttp.TCPConnector(limit=concurrency)
     timeout = aiohttp.ClientTimeout(total=30)
-    async with aiohttp.ClientSession(headers=HEADERS, connector=connector, timeout=timeout) as session:
+    async with aiohttp.ClientSession(headers=headers, connector=connector, timeout=timeout) as session:
 
         async def send(body: bytes) -> None:
             try:
@@ -40,7 +40,7 @@ def main() -> int:
     bodies = encode(read_bodies(job))
     tally = Tally()
     started = time.perf_counter()
-    asyncio.run(send_all(job.url, bodies, job.concurrency, tally))
+    asyncio.run(send_all(job.url, job.headers, bodies, job.concurrency, tally))
     return report(job, tally, time.perf_counter() - started)
 
 

@@ -1,9 +1,17 @@
 """What every contender shares, so that they differ only in how they send: the command line, reading the CSV, the
 request body and headers, and the one-line JSON report that `bench/compare.py` reads back.
 
-Every contender is run as `python bench/contenders/NAME.py BASE_URL CSV CONCURRENCY ROWS`: it sends the first ROWS
-rows of CSV to `BASE_URL/v1/messages/contact` with at most CONCURRENCY requests in flight, prints one JSON line
-(`{"sent": ..., "failed": ..., "send_s": ..., "first_error": ...}`) and exits 0 only if every request got a 2xx.
+Every contender is run as `python bench/contenders/NAME.py BASE_URL CSV CONCURRENCY ROWS [--api v1|v3]`: it sends
+the first ROWS rows of CSV with at most CONCURRENCY requests in flight, prints one JSON line (`{"sent": ...,
+"failed": ..., "send_s": ..., "first_error": ...}`) and exits 0 only if every request got a 2xx.
+
+- v1 (the default): `POST BASE_URL/v1/messages/contact`, headers `x-sender-id` + `x-api-key`, body `{contactId,
+  templateId, messageBody, webhookUrl}` from `contact_id,first_name,order_id`.
+- v3: `POST BASE_URL/v3/messages`, header `x-api-key`, body `{"to": [E.164], "template": {"id", "parameters"},
+  "channel": ["sms"]}` - the product's body for the benchmark's v3 spec - from `phone,first_name,order_id,carrier`.
+  The numbers are written as people keep them, so each script does what a user's would: `phonenumbers.parse(text,
+  "US")`, `is_valid_number`, `format_number(E164)` per row, before sending (a row that is not valid is not sent and
+  counts as failed). That work is in each contender's CPU time, as the product's bulk normalisation is in its own.
 """
 
 from __future__ import annotations
@@ -19,12 +27,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 MESSAGES_PATH = "/v1/messages/contact"
+V3_MESSAGES_PATH = "/v3/messages"
 # The same template and webhook the product's benchmark spec uses, so every contender sends the same bytes.
 TEMPLATE_ID = "7ba7b820-9dad-11d1-80b4-00c04fd430c8"
 WEBHOOK_URL = "https://example.com/webhook/message-status"
 SENDER_ID = os.environ.get("SENT_DM_SENDER_ID", "0b6f5a1e-4c3d-4e2f-9a8b-7c6d5e4f3a2b")
 API_KEY = os.environ.get("SENT_DM_API_KEY", "bench-key")
 HEADERS = {"x-sender-id": SENDER_ID, "x-api-key": API_KEY, "Content-Type": "application/json"}
+V3_HEADERS = {"x-api-key": API_KEY, "Content-Type": "application/json"}
+DEFAULT_REGION = "US"  # the region of numbers written without +country code, as in the benchmark's v3 spec
 
 
 @dataclass(frozen=True)
@@ -33,10 +44,19 @@ class Job:
     csv_path: str
     concurrency: int
     rows: int
+    api: str = "v1"
+
+    @property
+    def path(self) -> str:
+        return V3_MESSAGES_PATH if self.api == "v3" else MESSAGES_PATH
 
     @property
     def url(self) -> str:
-        return self.base_url.rstrip("/") + MESSAGES_PATH
+        return self.base_url.rstrip("/") + self.path
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return V3_HEADERS if self.api == "v3" else HEADERS
 
 
 @dataclass
@@ -60,16 +80,22 @@ class Tally:
 
 def parse_args(description: str) -> Job:
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("base_url", help="e.g. http://127.0.0.1:8080 (the path /v1/messages/contact is appended)")
-    parser.add_argument("csv_path", help="contacts CSV with contact_id, first_name, order_id")
+    parser.add_argument("base_url", help="e.g. http://127.0.0.1:8080 (the API's path is appended)")
+    parser.add_argument(
+        "csv_path", help="v1: contact_id, first_name, order_id; v3: phone, first_name, order_id, carrier"
+    )
     parser.add_argument("concurrency", type=int, help="requests in flight at once")
     parser.add_argument("rows", type=int, help="send the first ROWS rows")
+    parser.add_argument("--api", choices=["v1", "v3"], default="v1", help="the API generation to send to")
     args = parser.parse_args()
-    return Job(args.base_url, args.csv_path, max(1, args.concurrency), args.rows)
+    return Job(args.base_url, args.csv_path, max(1, args.concurrency), args.rows, args.api)
 
 
 def read_bodies(job: Job) -> list[dict[str, Any]]:
-    """The request body of each of the first `job.rows` rows, as the seed example builds it (a dict for json=)."""
+    """The request body of each of the first `job.rows` rows (a dict for json=): v1 as the seed example builds it,
+    v3 with the number in E.164 (rows whose number is not valid are left out)."""
+    if job.api == "v3":
+        return read_v3_bodies(job)
     bodies: list[dict[str, Any]] = []
     with open(job.csv_path, newline="", encoding="utf-8") as handle:
         for row in csv.DictReader(handle):
@@ -81,6 +107,32 @@ def read_bodies(job: Job) -> list[dict[str, Any]]:
                     "templateId": TEMPLATE_ID,
                     "messageBody": {"name": row["first_name"], "order_id": row["order_id"]},
                     "webhookUrl": WEBHOOK_URL,
+                }
+            )
+    return bodies
+
+
+def read_v3_bodies(job: Job) -> list[dict[str, Any]]:
+    import phonenumbers
+
+    phonenumbers.enable_pattern_cache()  # as the product's own fallback does: many countries' patterns stay compiled
+    bodies: list[dict[str, Any]] = []
+    with open(job.csv_path, newline="", encoding="utf-8") as handle:
+        for n, row in enumerate(csv.DictReader(handle)):
+            if n >= job.rows:
+                break
+            try:
+                number = phonenumbers.parse(row["phone"], DEFAULT_REGION)
+            except phonenumbers.NumberParseException:
+                continue
+            if not phonenumbers.is_valid_number(number):
+                continue
+            parameters = {"name": row["first_name"], "order_id": row["order_id"], "carrier": row["carrier"]}
+            bodies.append(
+                {
+                    "to": [phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)],
+                    "template": {"id": TEMPLATE_ID, "parameters": parameters},
+                    "channel": ["sms"],
                 }
             )
     return bodies

@@ -3,7 +3,7 @@
 The client's pool is sized to the concurrency, so requests never queue inside httpx for a connection; the semaphore
 is acquired before each task is created, so at most CONCURRENCY tasks exist at once.
 
-    python bench/contenders/httpx_async.py BASE_URL CSV CONCURRENCY ROWS
+    python bench/contenders/httpx_async.py BASE_URL CSV CONCURRENCY ROWS [--api v1|v3]
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ import sys
 import time
 
 import httpx
-from common import HEADERS, Tally, encode, parse_args, read_bodies, report, spawn_bounded
+from common import Tally, encode, parse_args, read_bodies, report, spawn_bounded
 
 
-async def send_all(url: str, bodies: list[bytes], concurrency: int, tally: Tally) -> None:
+async def send_all(url: str, headers: dict[str, str], bodies: list[bytes], concurrency: int, tally: Tally) -> None:
     pool = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     # trust_env=False: no proxy from the environment may sit between us and the local mock
-    async with httpx.AsyncClient(headers=HEADERS, limits=pool, timeout=30, trust_env=False) as client:
+    async with httpx.AsyncClient(headers=headers, limits=pool, timeout=30, trust_env=False) as client:
 
         async def send(body: bytes) -> None:
             try:
@@ -40,7 +40,7 @@ def main() -> int:
     bodies = encode(read_bodies(job))
     tally = Tally()
     started = time.perf_counter()
-    asyncio.run(send_all(job.url, bodies, job.concurrency, tally))
+    asyncio.run(send_all(job.url, job.headers, bodies, job.concurrency, tally))
     return report(job, tally, time.perf_counter() - started)
 
 

@@ -6,7 +6,7 @@ Response parsing is the least that is still correct for this server: the status 
 skipped. No chunked encoding, no redirects, no TLS, no retries: everything a real client needs is missing, which is
 the point - it shows how much of a real client's cost is the client.
 
-    python bench/contenders/raw_asyncio.py BASE_URL CSV CONCURRENCY ROWS
+    python bench/contenders/raw_asyncio.py BASE_URL CSV CONCURRENCY ROWS [--api v1|v3]
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
-from common import HEADERS, MESSAGES_PATH, Tally, encode, parse_args, read_bodies, report
+from common import Job, Tally, encode, parse_args, read_bodies, report
 
 
 class Connection(asyncio.Protocol):
@@ -72,12 +72,12 @@ class Connection(asyncio.Protocol):
             self.transport.close()
 
 
-def build_requests(base_url: str, bodies: list[bytes]) -> list[bytes]:
+def build_requests(job: Job, bodies: list[bytes]) -> list[bytes]:
     """Complete request bytes for every body: the fixed head is built once, only Content-Length varies."""
-    url = urlsplit(base_url)
+    url = urlsplit(job.base_url)
     host = url.netloc
-    lines = [f"POST {MESSAGES_PATH} HTTP/1.1", f"Host: {host}", "User-Agent: raw-asyncio-bench"]
-    lines += [f"{name}: {value}" for name, value in HEADERS.items()]
+    lines = [f"POST {job.path} HTTP/1.1", f"Host: {host}", "User-Agent: raw-asyncio-bench"]
+    lines += [f"{name}: {value}" for name, value in job.headers.items()]
     head = ("\r\n".join(lines) + "\r\nContent-Length: ").encode()
     return [head + str(len(body)).encode() + b"\r\n\r\n" + body for body in bodies]
 
@@ -113,7 +113,7 @@ async def send_all(base_url: str, requests: list[bytes], concurrency: int, tally
 
 def main() -> int:
     job = parse_args(__doc__ or "")
-    requests = build_requests(job.base_url, encode(read_bodies(job)))
+    requests = build_requests(job, encode(read_bodies(job)))
     tally = Tally()
     started = time.perf_counter()
     asyncio.run(send_all(job.base_url, requests, job.concurrency, tally))

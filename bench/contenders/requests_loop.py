@@ -3,7 +3,7 @@ in a plain loop, one row after another - what a user who copies the docs gets. C
 sequential by construction. Each `requests.request` call makes (and closes) its own session, so every row also pays
 for a new TCP connection, exactly as the example does.
 
-    python bench/contenders/requests_loop.py BASE_URL CSV CONCURRENCY ROWS
+    python bench/contenders/requests_loop.py BASE_URL CSV CONCURRENCY ROWS [--api v1|v3]
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 import time
 
 import requests
-from common import HEADERS, Tally, parse_args, read_bodies, report
+from common import Tally, parse_args, read_bodies, report
 
 
 def main() -> int:
@@ -22,7 +22,7 @@ def main() -> int:
     started = time.perf_counter()
     for body in bodies:
         try:
-            response = requests.request("POST", job.url, json=body, headers=HEADERS, timeout=30)
+            response = requests.request("POST", job.url, json=body, headers=job.headers, timeout=30)
         except requests.RequestException as exc:
             tally.fail(type(exc).__name__)
             continue
