@@ -140,12 +140,14 @@ def _written_out(texts: pl.Series, held: int) -> pl.Series:
     return steps.select(signed).to_series()
 
 
-def message_fields(frame: pl.DataFrame, message: MessageSpec, generation: Generation) -> pl.DataFrame:
+def message_fields(
+    frame: pl.DataFrame, message: MessageSpec, generation: Generation, *, numbers: pl.DataFrame | None = None
+) -> pl.DataFrame:
     """One text column per payload field, plus `result_row` and the row's `content` (its identity for duplicate
-    detection and idempotency keys)."""
+    detection and idempotency keys). `numbers`: the rows' phone numbers, when decided already (v3)."""
     mapped = message.columns()
     texts = as_text(frame.select(ROW, *mapped), mapped, rule=message.value_text)
-    fields = generation.recipient_fields(texts, message)
+    fields = generation.recipient_fields(texts, message, numbers=numbers)
     # with `result_row` beside them, literals fill every row (a frame of literals alone would have one row)
     variables = [text_of(source).alias(variable_column(i)) for i, source in enumerate(message.variables.values())]
     if variables:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import phonenumbers
 import polars as pl
 import pytest
 import yaml
@@ -1033,3 +1034,40 @@ def test_a_server_dry_run_is_refused_on_v1_and_v2(
         "--dry-run, which checks everything locally.\n"
     )
     assert sandbox.requests_total == 0
+
+
+def test_numbers_decided_several_blocks_at_a_time_stay_with_their_rows(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Phone numbers are decided a span of blocks at a time (prepare.py): with tiny blocks and spans, every row of
+    a file that spans many of both still gets its own number, reason and duplicate verdict, in order."""
+    from pipeline import source
+    from pipeline.campaign import prepare
+
+    monkeypatch.setattr(source, "BLOCK_BYTES", 200)
+    monkeypatch.setattr(prepare, "_NUMBERS_SPAN_ROWS", 7)
+    written = [f"(415) 555-{i:04d}" if i % 5 else f"+44 20 7946 {i:04d}" for i in range(120)]
+    written[13] = "555-0100"  # too short
+    written[40] = ""
+    written[77] = "+1 415 555 0001"  # row 2 again, written another way
+    rows = [
+        {"phone": phone, "first_name": f"N{i}", "order_id": str(i), "carrier": "UPS"} for i, phone in enumerate(written)
+    ]
+    rows[77] |= {"first_name": "N1", "order_id": "1"}  # the same message to the same person as row 2
+    spec = write_spec(tmp_path, v3_data(), rows)
+    code, _out, err = cli("validate", spec, "--offline", "--output", tmp_path / "checked.csv")
+    assert code == 1, err
+    table = pl.read_csv(tmp_path / "checked.csv", infer_schema=False)
+    expected = [
+        phonenumbers.format_number(phonenumbers.parse(text, "US"), phonenumbers.PhoneNumberFormat.E164)
+        if text and i != 13
+        else None
+        for i, text in enumerate(written)
+    ]
+    assert table["result_to"].to_list()[:13] == expected[:13]
+    assert table["result_to"][14:40].to_list() == expected[14:40]
+    assert table["result_to"][41:].to_list() == expected[41:]
+    statuses = table["result_status"].to_list()
+    assert statuses[13] == statuses[40] == "invalid"
+    assert statuses[77] == "duplicate"
+    assert statuses.count("valid") == 117

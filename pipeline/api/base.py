@@ -49,9 +49,13 @@ class Generation(ABC):
         """Every header of a send except the Idempotency-Key, which is per request."""
 
     @abstractmethod
-    def recipient_fields(self, texts: pl.DataFrame, message: MessageSpec) -> pl.DataFrame:
+    def recipient_fields(
+        self, texts: pl.DataFrame, message: MessageSpec, *, numbers: pl.DataFrame | None = None
+    ) -> pl.DataFrame:
         """The addressing columns of every row (recipient, template, channel...), from `texts`: `result_row` and the
-        message's input columns as text. Returns `result_row` plus the generation's columns (payload.py names)."""
+        message's input columns as text. Returns `result_row` plus the generation's columns (payload.py names).
+        `numbers`: the rows' phone numbers as phones.normalise_phones decided them, when the caller did so for a
+        larger span of rows at once (generations that address phone numbers)."""
 
     @abstractmethod
     def reasons(self, message: MessageSpec) -> list[pl.Expr]:

@@ -52,7 +52,9 @@ class V1(Generation):
             (b"user-agent", USER_AGENT.encode()),
         ]
 
-    def recipient_fields(self, texts: pl.DataFrame, message: MessageSpec) -> pl.DataFrame:
+    def recipient_fields(
+        self, texts: pl.DataFrame, message: MessageSpec, *, numbers: pl.DataFrame | None = None
+    ) -> pl.DataFrame:
         # the spec's version check made sure of both
         assert message.contact_id is not None
         assert message.template_id is not None
