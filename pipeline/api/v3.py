@@ -76,7 +76,10 @@ class V3(Generation):
         assert message.to is not None
         where = f" (column {message.to.column})" if message.to.column is not None else " (message.to.value)"
         reasons: list[pl.Expr | None] = [
-            pl.when(pl.col(TO_ERROR).is_not_null()).then(pl.format("to: {}" + where, pl.col(TO_ERROR))),
+            # concatenated, not formatted: a column's name may hold braces
+            pl.when(pl.col(TO_ERROR).is_not_null()).then(
+                pl.concat_str(pl.lit("to: "), pl.col(TO_ERROR), pl.lit(where))
+            ),
             guid_reason(TEMPLATE, message.template_id),
         ]
         name = message.template_name
