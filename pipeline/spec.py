@@ -141,18 +141,14 @@ class MessageSpec(_Strict):
             raise ValueError(f"{region!r} is not a region code phonenumbers knows: use ISO 3166 alpha-2, e.g. US, GB")
         return code
 
-    @field_validator("contact_id", "template_id")
+    @field_validator("contact_id", "template_id", "webhook_url")
     @classmethod
-    def _guid_literal(cls, source: FieldSource | None) -> FieldSource | None:
-        if source is not None and source.value is not None and not re.match(GUID_PATTERN, source.value):
-            raise ValueError(f"value {source.value!r} is not a GUID (like 7ba7b820-9dad-11d1-80b4-00c04fd430c8)")
-        return source
-
-    @field_validator("webhook_url")
-    @classmethod
-    def _url_literal(cls, source: FieldSource | None) -> FieldSource | None:
-        if source is not None and source.value is not None and not re.match(URL_PATTERN, source.value):
-            raise ValueError(f"value {source.value!r} is not an absolute http(s) URL")
+    def _literal_well_formed(cls, source: FieldSource | None, info: ValidationInfo) -> FieldSource | None:
+        if source is None or source.value is None:
+            return source
+        pattern, shape = _LITERAL_SHAPES[str(info.field_name)]
+        if not re.match(pattern, source.value):
+            raise ValueError(f"value {source.value!r} is not {shape}")
         return source
 
     @field_validator("channel")
@@ -180,6 +176,12 @@ class MessageSpec(_Strict):
 
 
 CHANNELS = ("sms", "whatsapp", "rcs")
+# what a literal of these fields must look like, and how to say so
+_LITERAL_SHAPES = {
+    "contact_id": (GUID_PATTERN, "a GUID (like 7ba7b820-9dad-11d1-80b4-00c04fd430c8)"),
+    "template_id": (GUID_PATTERN, "a GUID (like 7ba7b820-9dad-11d1-80b4-00c04fd430c8)"),
+    "webhook_url": (URL_PATTERN, "an absolute http(s) URL"),
+}
 
 
 def split_channels(text: str) -> list[str]:

@@ -522,3 +522,28 @@ def test_a_ca_bundle_without_an_https_base_url_is_a_spec_error(
     code, _out, err = cli("run", spec)
     assert code == 2
     assert "api.ca_bundle: only an https:// base_url uses a CA bundle" in err
+
+
+def test_the_v3_template_check_stops_at_an_untrusted_certificate_before_anything_is_sent(
+    cli: Cli, make_campaign: MakeCampaign, credentials: None, untrusted: Server
+) -> None:
+    """The check before the first send meets the same certificate first: exit 3 with the same fix, no retries of
+    the handshake, no results file, nothing sent."""
+    spec = make_campaign(
+        [{"phone": "+1 415 555 0123", "first_name": "Ada", "order_id": "1"}],
+        message={
+            "to": {"column": "phone"},
+            "contact_id": None,
+            "template_name": {"value": "order_shipped"},
+            "template_id": None,
+        },
+        api={"version": "v3", "base_url": untrusted.url(), "api_key": "${SENT_DM_API_KEY}", "timeout_s": 10},
+    )
+    code, out, err = cli("run", spec)
+    assert code == 3, out + err
+    assert "GET /v3/templates?name=order_shipped: TLS certificate verify failed" in err
+    assert "point SSL_CERT_FILE at its bundle or set api.ca_bundle" in err
+    assert (untrusted.handshakes, untrusted.requests) == (0, 0)
+    assert untrusted.connections == 1  # a certificate problem is not retried
+    assert not (spec.parent / "out" / "results.csv").exists()
+    assert API_KEY not in out + err

@@ -17,8 +17,10 @@ from urllib.parse import quote
 import httpx
 
 from pipeline.api.base import USER_AGENT
+from pipeline.api.v3 import V3
 from pipeline.errors import ApiUnavailable, SpecError
-from pipeline.outcome import describe_exception, parse_body
+from pipeline.outcome import describe_exception, parse_body, systemic_failure
+from pipeline.send import retry_after_s
 from pipeline.spec import MessageSpec
 
 _ATTEMPTS = 4  # a busy server (429, 503) or a dropped connection gets a few more tries, as a send would
@@ -132,37 +134,40 @@ def _look_up(client: httpx.Client, reference: str, *, by_name: bool, secret: str
 
 
 def _get(client: httpx.Client, path: str, params: dict[str, str] | None, *, secret: str) -> Any:
-    """The `data` of a 200; None for a 404; ApiUnavailable for what a user must fix or wait out."""
+    """The `data` of a 200; None for a 404; ApiUnavailable for what a user must fix or wait out. Answers read as
+    sends' answers do (v3.py), waits as the sender's (Retry-After, X-RateLimit-Reset), setup failures as outcome.py
+    names them."""
     what = f"GET {path}" + (f"?name={params['name']}" if params else "")
     for attempt in range(1, _ATTEMPTS + 1):
+        backoff_s = min(0.5 * 2 ** (attempt - 1), _MAX_WAIT_S)
         try:
             response = client.get(path, params=params)
         except httpx.HTTPError as exc:
-            if attempt == _ATTEMPTS or (isinstance(exc, httpx.ConnectError) and "certificate" in str(exc).lower()):
+            setup = systemic_failure(exc)
+            if setup is not None and not setup.confirm:  # a certificate or TLS problem: no retry can help
+                raise ApiUnavailable(f"{what}: {setup.what}; cannot check the template. Hint: {setup.fix}") from None
+            if attempt == _ATTEMPTS:
                 raise ApiUnavailable(
                     f"{what}: {describe_exception(exc)}; cannot check the template before sending. Hint: check "
                     "api.base_url and the network (`validate --offline` skips the check)."
                 ) from None
-            time.sleep(min(0.5 * 2 ** (attempt - 1), _MAX_WAIT_S))
+            time.sleep(backoff_s)
             continue
-        body = parse_body(response.content)
-        error = body.get("error") if body is not None else None
-        code = str(error.get("code") or "") if isinstance(error, dict) else ""
-        detail = str(error.get("message") or "") if isinstance(error, dict) else ""
-        line = f"HTTP {response.status_code} {code}".rstrip() + (f": {detail}" if detail else "")
-        line = line.replace(secret, "***") if secret else line
         status = response.status_code
-        if status == 200 and body is not None:
+        if status == 200:
+            body = parse_body(response.content)
+            if body is None:
+                raise ApiUnavailable(f"{what}: HTTP 200 without a JSON object; cannot check the template")
             return body.get("data")
         if status == 404:
             return None
+        line = V3().read_answer(status, response.content, secret=secret).error
         if status in (401, 403):
             raise ApiUnavailable(
                 f"{what}: authentication failed ({line}). Hint: check api.api_key (and api.profile_id)."
             )
         if status in (408, 429, 500, 502, 503, 504) and attempt < _ATTEMPTS:
-            wait = response.headers.get("retry-after", "")
-            time.sleep(min(float(wait) if wait.isdigit() else 0.5 * 2 ** (attempt - 1), _MAX_WAIT_S))
+            time.sleep(min(retry_after_s(response.headers) or backoff_s, _MAX_WAIT_S))
             continue
         raise ApiUnavailable(f"{what}: {line}; cannot check the template before sending.")
     raise ApiUnavailable(f"{what}: no answer after {_ATTEMPTS} attempts")

@@ -269,9 +269,9 @@ def _summarise(
     started: float,
     template_check: str | None = None,
 ) -> RunSummary:
-    counts = dict.fromkeys((SENT, FAILED, validate.INVALID, validate.DUPLICATE, UNKNOWN, NOT_ATTEMPTED), 0)
-    if options.server_dry_run:  # nothing was sent: what the server accepted is `valid`
-        counts = {(validate.VALID if status == SENT else status): n for status, n in counts.items()}
+    # a server dry run sent nothing: what the server accepted is `valid` (so the results pass counted it)
+    accepted = validate.VALID if options.server_dry_run else SENT
+    counts = dict.fromkeys((accepted, FAILED, validate.INVALID, validate.DUPLICATE, UNKNOWN, NOT_ATTEMPTED), 0)
     counts.update(totals.counts)
     top_errors = sorted(totals.errors.items(), key=lambda item: (-item[1], item[0]))[:5]
     latency = pl.Series(tally.latencies_ms, dtype=pl.Float64)

@@ -135,7 +135,7 @@ def send_rows(
     send = spec.send
     config = SenderConfig(
         base_url=base_url,
-        sender_id=sender_id if spec.api.version != "v3" else "",
+        sender_id=sender_id,  # a generation that does not use it (v3) sends no x-sender-id
         api_key=api_key,
         generation=api.generation(spec.api.version),
         profile_id=spec.api.profile_id or "",

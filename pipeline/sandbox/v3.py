@@ -257,14 +257,9 @@ def _is_e164(number: object) -> bool:
     if not isinstance(number, str) or _E164_SHAPE.fullmatch(number) is None:
         return False
     # imported here, not at the top: loading phonenumbers takes about 70 ms, which every command would pay
-    import phonenumbers
+    from pipeline.phones import decide_phone
 
-    try:
-        parsed = phonenumbers.parse(number, None)
-    except phonenumbers.NumberParseException:
-        return False
-    written = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
-    return phonenumbers.is_valid_number(parsed) and written == number
+    return decide_phone(number, None)[0] == number
 
 
 def _template_problems(body: dict[str, Any]) -> list[Problem]:
