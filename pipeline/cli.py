@@ -135,6 +135,12 @@ def _build_parser() -> argparse.ArgumentParser:
         help='v3: send every row with "sandbox": true - Sent.dm checks it and sends nothing; results go to '
         "NAME.server-dry-run.EXT",
     )
+    run.add_argument(
+        "--test-to",
+        metavar="NUMBERS",
+        help="v3: send the messages of the first valid rows, one per number, to these comma-separated test numbers "
+        "instead; results go to NAME.test-send.EXT and nothing of the campaign is marked as sent",
+    )
     run.add_argument("--limit", type=_positive_int, metavar="N", help="send at most N rows (a smoke test)")
     run.add_argument("--summary-json", metavar="FILE", help="also write the run summary as JSON to FILE")
     run.add_argument(
@@ -307,7 +313,11 @@ def _run(args: argparse.Namespace, retry: RetrySelection | None = None) -> int:
         except ValueError as exc:
             raise errors.UsageError(f"--rate: {exc}") from None
     summary_json = Path(args.summary_json).resolve() if args.summary_json else None
+    test_to = getattr(args, "test_to", None)
+    if test_to is not None and not test_to.strip(" ,"):
+        raise errors.UsageError("--test-to needs at least one phone number, e.g. --test-to +14155550123")
     options = RunOptions(
+        test_to=tuple(test_to.split(",")) if test_to is not None else (),
         dry_run=args.dry_run,
         server_dry_run=args.server_dry_run,
         limit=args.limit,

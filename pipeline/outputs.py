@@ -48,6 +48,11 @@ def server_dry_run_path(path: Path) -> Path:
     return path.with_name(f"{path.stem}.server-dry-run{path.suffix}")
 
 
+def test_send_path(path: Path) -> Path:
+    """Where `run --test-to` writes its results: beside the real file, never over it."""
+    return path.with_name(f"{path.stem}.test-send{path.suffix}")
+
+
 def check_outputs(inputs: Sequence[tuple[str, Path]], outputs: Sequence[Output]) -> None:
     """Raise OutputError, naming both paths and the fix, if an output would overwrite an input, two outputs are one
     file, or an output would replace a file the tool did not write."""

@@ -148,6 +148,8 @@ def format_summary(summary: RunSummary) -> str:
         if summary.dry_run
         else "Server dry run"
         if summary.server_dry_run
+        else "Test send"
+        if summary.test_send
         else "Retry"
         if summary.retry
         else "Run"
@@ -160,6 +162,11 @@ def format_summary(summary: RunSummary) -> str:
         lines.append(
             'Every row went to Sent.dm with "sandbox": true: checked there, sent to nobody, charged nothing; '
             "`valid` rows are the ones it accepted"
+        )
+    if summary.test_send:
+        lines.append(
+            "The messages of the first valid rows went to the --test-to numbers, one each; nothing of the campaign "
+            "was sent or marked as sent"
         )
     if summary.template_check:
         lines.append(f"Template check: {summary.template_check}")

@@ -49,6 +49,10 @@ class RunOptions:
     # v3: every row goes to the server with "sandbox": true - checked there, sent to nobody - under keys of its own;
     # results in NAME.server-dry-run.EXT, the campaign's state untouched
     server_dry_run: bool = False
+    # v3: the messages of the first valid rows, one per number, sent to these phone numbers instead (the team's
+    # phones, as written: checked before anything is read); results in NAME.test-send.EXT, the campaign's state
+    # untouched
+    test_to: tuple[str, ...] = ()
     limit: int | None = None
     retry: RetrySelection | None = None  # None: a normal run, which sends only rows with no outcome yet
     shard: Shard | None = None  # only this shard's rows, with its own results file and state

@@ -14,16 +14,17 @@ from typing import Any
 
 import polars as pl
 
-from pipeline import api, results, source, validate
+from pipeline import api, payload, results, source, validate
 from pipeline.campaign.endpoint import api_endpoint, checked_templates
 from pipeline.campaign.options import ProgressSink, RunOptions
-from pipeline.campaign.outcomes import Totals, write_results
+from pipeline.campaign.outcomes import Totals, final_outcomes, write_results
 from pipeline.campaign.prepare import input_files
 from pipeline.campaign.sending import Tally, rows_to_send, send_rows
+from pipeline.campaign.test_send import TestSend, choose_test_rows, parse_test_numbers
 from pipeline.errors import InputError, UsageError
 from pipeline.merge import manifest_path, write_shard_manifest
 from pipeline.outcome import FAILED, NOT_ATTEMPTED, SENT, UNKNOWN
-from pipeline.outputs import Kind, Output, check_outputs, dry_run_path, server_dry_run_path
+from pipeline.outputs import Kind, Output, check_outputs, dry_run_path, server_dry_run_path, test_send_path
 from pipeline.send import KEY_RESEND_WINDOW_S, RunControl
 from pipeline.shard import Shard
 from pipeline.spec import CampaignSpec
@@ -58,6 +59,7 @@ class RunSummary:
     state_path: str | None
     dry_run: bool
     server_dry_run: bool  # v3 rows sent with "sandbox": true: checked by the server, sent to nobody
+    test_send: bool  # v3 --test-to: the first valid rows' messages went to the test numbers, not the campaign's
     template_check: str | None  # v3: the templates checked with the API before the first send
     aborted_reason: str | None
     interrupted_by: str | None  # "SIGINT" / "SIGTERM"
@@ -116,6 +118,10 @@ def run_campaign(
         spec = spec.model_copy(update={"send": spec.send.model_copy(update={"rate": options.rate})})
     if options.server_dry_run:
         _check_server_dry_run(spec, options)
+    test_numbers: list[str] = []
+    if options.test_to:
+        _check_test_send(spec, options)
+        test_numbers = parse_test_numbers(",".join(options.test_to), default_region=spec.message.default_region)
     check_outputs(input_files(spec), _run_outputs(spec, options))
     missing = [] if options.dry_run else spec.api.missing_credentials()
     if missing:
@@ -132,17 +138,17 @@ def run_campaign(
         return _summarise(spec, totals, Tally(None), RunControl(), options, path, None, (0, 0), 0.0, started)
 
     with contextlib.ExitStack() as stack:
-        if options.server_dry_run:
-            # a state of its own, thrown away after: a rehearsal never marks a row of the campaign as sent
+        if options.server_dry_run or options.test_to:
+            # a state of its own, thrown away after: a rehearsal or a test send never marks a row of the campaign
+            # as sent
             scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sentdm-rehearsal-")))
-            output = spec.output.model_copy(
-                update={"results": server_dry_run_path(spec.output.results), "state": scratch / "state.sqlite"}
-            )
+            results_path = (test_send_path if options.test_to else server_dry_run_path)(spec.output.results)
+            output = spec.output.model_copy(update={"results": results_path, "state": scratch / "state.sqlite"})
             spec = spec.model_copy(update={"output": output})
         # a missing file, a bad header or a missing column fails here, before anything is sent
         contacts = source.open_contacts(spec.input, spec.input_format, required=spec.message.columns())
         results.check_writable(spec.output.results)
-        if options.shard is None and not options.server_dry_run:
+        if options.shard is None and not options.server_dry_run and not options.test_to:
             check_shard_layout(state_path(spec), spec.name, None)
         base_url = stack.enter_context(api_endpoint(spec))
         # v3: every template exists, is approved and has its variables mapped - or nothing is sent (exit 2)
@@ -159,10 +165,11 @@ def run_campaign(
         tally = Tally(progress)
         control = RunControl()
         declared = templates.declared if templates is not None else None
-        jobs = rows_to_send(spec, options, store, tally, control, declared)
+        test = choose_test_rows(spec, test_numbers, declared=declared) if test_numbers else None
+        jobs = iter(test.jobs) if test is not None else rows_to_send(spec, options, store, tally, control, declared)
         send_started = time.monotonic()
         # a shard's share of the rows is not known before reading them
-        total = contacts.total_rows if options.shard is None else None
+        total = len(test.jobs) if test is not None else contacts.total_rows if options.shard is None else None
         send_rows(spec, base_url, jobs, total, store, tally, control, options)
         send_wall_s = time.monotonic() - send_started
         if tally.input_error is not None:
@@ -182,7 +189,12 @@ def run_campaign(
             else f"not sent: beyond --limit {options.limit}"
         )
         with _finish_before_stopping(control, progress, enabled=options.handle_signals):
-            totals = write_results(spec, options, spec.output.results, store, reason, after_sending=tally.attempted > 0)
+            if test is not None:
+                totals = _write_test_results(spec, test, store, reason)
+            else:
+                totals = write_results(
+                    spec, options, spec.output.results, store, reason, after_sending=tally.attempted > 0
+                )
     if options.shard is not None:
         write_shard_manifest(spec.output.results, spec.name, options.shard, rows=totals.rows)
     return _summarise(
@@ -192,7 +204,7 @@ def run_campaign(
         control,
         options,
         spec.output.results,
-        None if options.server_dry_run else state_path(spec),
+        None if options.server_dry_run or options.test_to else state_path(spec),
         (tally.skipped, recovered),
         send_wall_s,
         started,
@@ -210,12 +222,42 @@ def _check_server_dry_run(spec: CampaignSpec, options: RunOptions) -> None:
         raise UsageError("--server-dry-run goes alone: not with --dry-run, --shard or the retry command")
 
 
+def _check_test_send(spec: CampaignSpec, options: RunOptions) -> None:
+    if spec.api.version != "v3":
+        raise UsageError(
+            f"{spec.spec_path}: --test-to needs api.version v3 (it addresses phone numbers; {spec.api.version} "
+            "addresses contact ids)"
+        )
+    if options.dry_run or options.server_dry_run or options.retry is not None or options.shard is not None:
+        raise UsageError("--test-to goes alone: not with --dry-run, --server-dry-run, --shard or the retry command")
+
+
+def _write_test_results(spec: CampaignSpec, test: TestSend, store: StateStore, reason: str) -> Totals:
+    """The test send's results file: one row per test message, the input row it was made from and the number it
+    went to (`result_to`)."""
+    recorded = store.lookup(test.batch.checked[payload.KEY].to_list())
+    table = final_outcomes(test.batch, recorded, reason)
+    totals = Totals()
+    totals.add(table)
+    writer = results.ResultsWriter(spec.output.results, after_sending=True, csv=results.CsvOptions.of(spec))
+    try:
+        writer.write(results.assemble_results(test.batch.frame, table))
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close()
+    totals.guarded_cells = writer.guarded_cells
+    return totals
+
+
 def _run_outputs(spec: CampaignSpec, options: RunOptions) -> list[Output]:
     """Every file a run (as `options` shape it) writes: checked together before anything is read or sent."""
     if options.dry_run:
         outputs = [Output("the dry run's results", dry_run_path(spec.output.results), Kind.RESULTS)]
     elif options.server_dry_run:
         outputs = [Output("the server dry run's results", server_dry_run_path(spec.output.results), Kind.RESULTS)]
+    elif options.test_to:
+        outputs = [Output("the test send's results", test_send_path(spec.output.results), Kind.RESULTS)]
     else:
         state = state_path(spec)
         outputs = [
@@ -303,6 +345,7 @@ def _summarise(
         state_path=str(state_file) if state_file is not None else None,
         dry_run=options.dry_run,
         server_dry_run=options.server_dry_run,
+        test_send=bool(options.test_to),
         template_check=template_check,
         aborted_reason=control.abort_reason,
         interrupted_by=signal_name,
