@@ -108,9 +108,9 @@ def _build_parser() -> argparse.ArgumentParser:
         parents=[logs],
         epilog=_EPILOG,
         formatter_class=formatter,
-        help="read and validate every row and build every payload; send nothing",
-        description="Read the spec and the input, validate every row, build every payload. Sends nothing; on v3 it "
-        "reads the templates from the API when the credentials are set (--offline: no network call).",
+        help="read and validate every row; send nothing",
+        description="Read the spec and the input and validate every row; print an example payload. Sends nothing; "
+        "on v3 it reads the templates from the API when the credentials are set (--offline: no network call).",
     )
     check.add_argument("spec", help="path to the YAML job spec")
     check.add_argument("--output", metavar="FILE", help="write each row's validation outcome (.csv, .parquet, .jsonl)")

@@ -200,10 +200,15 @@ def encode_payloads(
     keys: bool = True,
     declared: Declared = None,
     rehearsal: bool = False,
+    with_bodies: bool = True,
 ) -> pl.DataFrame:
     """`result_row`, the JSON request body and (unless `keys` is False) the idempotency key of every row in
-    `fields`; `to` too when the generation sends to phone numbers."""
-    body = bodies(message, generation, declared=declared, rehearsal=rehearsal)
+    `fields`; `to` too when the generation sends to phone numbers. Without `with_bodies` the body is null (a pass
+    that only looks outcomes up by key need not build what it will not send)."""
+    if with_bodies:
+        body = bodies(message, generation, declared=declared, rehearsal=rehearsal)
+    else:
+        body = pl.lit(None, dtype=pl.String)
     out = fields.select(pl.col(ROW), body.alias(BODY), *([pl.col(TO)] if TO in fields.columns else []))
     if KEY in fields.columns:
         return out.with_columns(fields[KEY])

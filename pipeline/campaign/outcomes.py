@@ -60,7 +60,7 @@ def write_results(
     try:
         opened: list[source.ContactSource] = []
         batches = prepared_batches(
-            spec, options.shard, keys=store is not None, opened=opened, rehearsal=options.server_dry_run
+            spec, options.shard, keys=store is not None, opened=opened, rehearsal=options.server_dry_run, bodies=0
         )
         for batch in batches:
             recorded = store.lookup(batch.payloads[payload.KEY].to_list()) if store is not None else empty_outcomes()

@@ -48,12 +48,14 @@ def prepared_batches(
     opened: list[source.ContactSource] | None = None,
     declared: payload.Declared = None,
     rehearsal: bool = False,
+    bodies: int | None = None,
 ) -> Iterator[PreparedBatch]:
     """Read, validate and build payloads batch by batch (only the rows of `shard`, if given). Duplicates are found
     across the whole input. Idempotency keys, the costliest part, are derived only for the rows to send, and only
     when `keys` (validation alone does not need them). `declared` limits each template's parameters to its own
-    variables; `rehearsal` builds the bodies and keys of a server-side dry run. Raises InputError for an unusable
-    file."""
+    variables; `rehearsal` builds the bodies and keys of a server-side dry run. `bodies`: build the JSON bodies
+    of only the first this many rows to send (the others' are null; None: every row's), for passes that send
+    nothing. Raises InputError for an unusable file."""
     generation = api.generation(spec.api.version)
     contacts = source.open_contacts(spec.input, spec.input_format, required=spec.message.columns())
     if opened is not None:  # the caller reads the skipped-line count and the notes after the pass
@@ -67,9 +69,10 @@ def prepared_batches(
             frame, fields = frame.filter(mine), fields.filter(mine)
         checked = seen.mark_duplicates(validate.check_rows(fields, spec.message, generation))
         to_send = checked.filter(pl.col(validate.STATUS).is_null())
-        payloads = payload.encode_payloads(
-            to_send, spec.message, generation, campaign=spec.name, keys=keys, declared=declared, rehearsal=rehearsal
-        )
+        built = to_send.height if bodies is None else min(bodies, to_send.height)
+        payloads = _payloads(to_send, built, spec, generation, keys=keys, declared=declared, rehearsal=rehearsal)
+        if bodies is not None:
+            bodies -= built
         if rehearsal and keys:
             payloads = payloads.with_columns(payload.rehearsal_keys(pl.col(payload.KEY)))
         numbers = [payload.TO] if payload.TO in checked.columns else []
@@ -80,6 +83,37 @@ def prepared_batches(
             ),
             payloads=payloads.drop(numbers),
         )
+
+
+def _payloads(
+    to_send: pl.DataFrame,
+    built: int,
+    spec: CampaignSpec,
+    generation: api.Generation,
+    *,
+    keys: bool,
+    declared: payload.Declared,
+    rehearsal: bool,
+) -> pl.DataFrame:
+    """The payloads of `to_send`, with JSON bodies for its first `built` rows only."""
+
+    def encode(rows: pl.DataFrame, with_bodies: bool) -> pl.DataFrame:
+        return payload.encode_payloads(
+            rows,
+            spec.message,
+            generation,
+            campaign=spec.name,
+            keys=keys,
+            declared=declared,
+            rehearsal=rehearsal,
+            with_bodies=with_bodies,
+        )
+
+    if built >= to_send.height:
+        return encode(to_send, True)
+    if built == 0:
+        return encode(to_send, False)
+    return pl.concat([encode(to_send.head(built), True), encode(to_send.slice(built), False)])
 
 
 # Phone numbers (v3) are decided this many rows at a time, not block by block: each call of phones.py costs about

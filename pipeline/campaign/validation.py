@@ -1,4 +1,4 @@
-"""`validate_campaign`: every row checked and every payload built, nothing sent; the report `validate` prints."""
+"""`validate_campaign`: every row checked, nothing sent; the report `validate` prints."""
 
 from __future__ import annotations
 
@@ -58,9 +58,10 @@ class _ReasonTally:
 
 
 def validate_campaign(spec: CampaignSpec, *, output: Path | None = None, offline: bool = False) -> ValidationReport:
-    """Check every row and build every payload, sending nothing; with `output`, write each row's outcome in the
-    results format (rows that would be sent are `valid`). On v3 the templates are checked with the API too (a GET
-    each, nothing sent) when the credentials are there, unless `offline`."""
+    """Check every row, sending nothing; with `output`, write each row's outcome in the results format (rows that
+    would be sent are `valid`). Only the example payload is built: a body is made of checked fields and cannot
+    fail. On v3 the templates are checked with the API too (a GET each, nothing sent) when the credentials are
+    there, unless `offline`."""
     if output is not None:
         check_outputs(input_files(spec), [Output("--output", output, Kind.RESULTS)])
     template_check, declared, warnings = _check_templates(spec, offline=offline)
@@ -70,7 +71,7 @@ def validate_campaign(spec: CampaignSpec, *, output: Path | None = None, offline
     example: dict[str, Any] | None = None
     try:
         opened: list[source.ContactSource] = []
-        for batch in prepared_batches(spec, keys=False, opened=opened, declared=declared):
+        for batch in prepared_batches(spec, keys=False, opened=opened, declared=declared, bodies=1):
             rows += batch.frame.height
             valid += batch.payloads.height
             statuses = batch.checked[validate.STATUS]
