@@ -4,6 +4,7 @@ request."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,8 +138,8 @@ def _blocks_with_numbers(
 
     column = to.column
     blocks = contacts.batches()
-    span = 1  # rows: the first span is one block
-    while True:
+
+    def next_group(span: int) -> tuple[list[pl.DataFrame], pl.DataFrame | None]:
         group: list[pl.DataFrame] = []
         rows = 0
         for frame in blocks:
@@ -147,16 +148,29 @@ def _blocks_with_numbers(
             if rows >= span:
                 break
         if not group:
-            return
-        span = _NUMBERS_SPAN_ROWS
+            return group, None
         texts = pl.concat(
             [payload.as_text(frame.select(column), [column], rule=spec.message.value_text)[column] for frame in group]
         )
-        decided = phones.normalise_phones(texts, default_region=spec.message.default_region)
-        offset = 0
-        for frame in group:
-            yield frame, decided.slice(offset, frame.height)
-            offset += frame.height
+        return group, phones.normalise_phones(texts, default_region=spec.message.default_region)
+
+    # The next span is read and its numbers decided on a thread of its own while this one's rows are checked:
+    # polars lets go of the GIL, so the two keep both cores busy. A broken line is still reported only when its
+    # span's turn comes (`result()` raises it then).
+    with ThreadPoolExecutor(1, thread_name_prefix="phones") as ahead:
+        coming = ahead.submit(next_group, 1)  # the first span is one block
+        try:
+            while True:
+                group, decided = coming.result()
+                if decided is None:
+                    return
+                coming = ahead.submit(next_group, _NUMBERS_SPAN_ROWS)
+                offset = 0
+                for frame in group:
+                    yield frame, decided.slice(offset, frame.height)
+                    offset += frame.height
+        finally:
+            coming.cancel()
 
 
 def prepare_campaign(spec: CampaignSpec, shard: Shard | None = None) -> PreparedCampaign:
