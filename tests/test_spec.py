@@ -494,7 +494,9 @@ def test_a_window_on_v1_needs_a_way_to_know_each_rows_zone(tmp_path: Path) -> No
         "is. Hint: set send.default_timezone (e.g. Europe/Berlin), or send.timezone: "
         "{column: NAME} naming each row's zone."
     )
-    spec, _ = load_spec(write(tmp_path, spec_data(send={"window": window, "default_timezone": "Europe/Berlin"})))
+    spec, _ = load_spec(
+        write(tmp_path, spec_data(send={"window": window, "default_timezone": "Europe/Berlin"})), environ={}
+    )
     assert spec.send.default_timezone == "Europe/Berlin"
 
 
