@@ -12,6 +12,7 @@ import polars as pl
 import pytest
 from phonenumbers import PhoneMetadata, PhoneNumberFormat, PhoneNumberType
 from phonenumbers.timezone import UNKNOWN_TIMEZONE, time_zones_for_number
+from phonenumbers.tzdata import TIMEZONE_DATA
 
 from pipeline import window
 from pipeline.spec import WindowSpec
@@ -94,9 +95,21 @@ def varied_numbers() -> list[str]:
     numbers = {e164(n) for n in examples if n is not None}
     rng = random.Random(13)
     for region in MAIN_REGIONS:
-        numbers |= random_valid_numbers(region, 2500, rng)
+        numbers |= random_valid_numbers(region, 2000, rng)
     for region in OTHER_REGIONS:
         numbers |= random_valid_numbers(region, 300, rng)
+    # and numbers that start with each prefix of the time-zone data, the longest-prefix match's hard cases
+    for prefix in TIMEZONE_DATA:
+        code = next(int(prefix[:n]) for n in (1, 2, 3) if int(prefix[:n]) in phonenumbers.COUNTRY_CODE_TO_REGION_CODE)
+        metadata = PhoneMetadata.metadata_for_region_or_calling_code(
+            code, phonenumbers.region_code_for_country_code(code)
+        )
+        assert metadata is not None
+        for length in [n for n in metadata.general_desc.possible_length if n > 0] * 2:  # type: ignore[union-attr]
+            fill = max(0, len(str(code)) + length - len(prefix))
+            number = phonenumbers.parse("+" + prefix + "".join(rng.choices("0123456789", k=fill)))
+            if phonenumbers.is_valid_number(number):
+                numbers.add(e164(number))
     return sorted(numbers)
 
 
