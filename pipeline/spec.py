@@ -10,6 +10,7 @@ import difflib
 import os
 import re
 import ssl
+import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -296,6 +297,115 @@ class ApiSpec(_Strict):
         return sender_id, api_key
 
 
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")  # datetime.weekday() order: Monday is 0
+_CLOCK = re.compile(r"^([01]?[0-9]|2[0-3]):([0-5][0-9])$")
+MINUTES_PER_DAY = 24 * 60
+
+
+def parse_clock(text: str, *, end: bool = False) -> int:
+    """`"09:00"` -> 540: minutes after midnight of a 24-hour `H:MM`/`HH:MM` time; `"24:00"` (1440) only as the
+    `end` of a window, for "until midnight"."""
+    written = text.strip()
+    if end and written == "24:00":
+        return MINUTES_PER_DAY
+    match = _CLOCK.match(written)
+    if match is None:
+        last = "24:00" if end else "23:59"
+        raise ValueError(f"{text!r} is not a time of day: write HH:MM in 24-hour time, 00:00 to {last}")
+    return int(match.group(1)) * 60 + int(match.group(2))
+
+
+def parse_days(text: str) -> tuple[int, ...]:
+    """`"mon-fri"`, `"mon,wed,fri"`, `"sat-sun"`, `"Mon-Wed, fri"` -> the weekday numbers they name (Monday 0),
+    sorted. A range runs forward through the week and may wrap: `fri-mon` is fri, sat, sun, mon."""
+    days: set[int] = set()
+    for part in text.split(","):
+        ends = [name.strip() for name in part.lower().split("-")]
+        if len(ends) not in (1, 2) or any(name not in WEEKDAYS for name in ends):
+            raise ValueError(
+                f"{text!r} is not a list of days. Hint: write days as {', '.join(WEEKDAYS)}: a range (mon-fri), "
+                "a list (mon,wed,fri) or both (mon-wed,sat)"
+            )
+        first, last = WEEKDAYS.index(ends[0]), WEEKDAYS.index(ends[-1])
+        days.update((first + i) % 7 for i in range((last - first) % 7 + 1))
+    return tuple(sorted(days))
+
+
+class WindowSpec(_Strict):
+    """When messages may be sent, in each recipient's own time: from `from` (inclusive) to `to` (exclusive) on the
+    listed days. A window past midnight (21:00-06:00) is refused: it is when people sleep, and is most likely a spec
+    that wrote the quiet hours instead of the sending hours."""
+
+    from_minute: int = Field(alias="from")  # minutes after local midnight
+    to_minute: int = Field(alias="to")  # up to 1440 (24:00)
+    days: tuple[int, ...] = tuple(range(7))  # datetime.weekday() numbers; default every day
+
+    @field_validator("from_minute", "to_minute", mode="before")
+    @classmethod
+    def _clock(cls, raw: object, info: ValidationInfo) -> object:
+        key = "from" if info.field_name == "from_minute" else "to"
+        if isinstance(raw, int) and not isinstance(raw, bool) and 0 <= raw <= MINUTES_PER_DAY:
+            # YAML 1.1 reads an unquoted 20:00 as the number 1200 (base-60), but 0930 or 1200 may be meant as is
+            raise ValueError(
+                f"{raw} is a number, not a time: YAML reads an unquoted {raw // 60}:{raw % 60:02d} as one. "
+                f'Hint: quote the time, e.g. `{key}: "{raw // 60:02d}:{raw % 60:02d}"`'
+            )
+        if not isinstance(raw, str):
+            raise ValueError(f'must be a time such as "09:00" (got {raw!r})')
+        return parse_clock(raw, end=key == "to")
+
+    @field_validator("days", mode="before")
+    @classmethod
+    def _days(cls, raw: object) -> object:
+        if isinstance(raw, list | tuple) and raw and all(isinstance(part, str) for part in raw):
+            raw = ",".join(raw)  # `days: [mon, wed]` says the same as `days: mon,wed`
+        if not isinstance(raw, str) or not raw.strip():
+            raise ValueError(f"must name days such as mon-fri or mon,wed,fri (got {raw!r})")
+        return parse_days(raw)
+
+    @model_validator(mode="after")
+    def _from_before_to(self) -> WindowSpec:
+        if self.from_minute >= self.to_minute:
+            raise ValueError(
+                f"from ({clock_text(self.from_minute)}) must be before to ({clock_text(self.to_minute)}): the window "
+                "is when messages may be sent, within one day of the recipient's time; a window past midnight is "
+                'not supported. Hint: e.g. `window: {from: "09:00", to: "20:00"}`'
+            )
+        return self
+
+    def describe(self) -> str:
+        """`09:00-20:00 mon-sat` (or `... every day`), for messages."""
+        return f"{clock_text(self.from_minute)}-{clock_text(self.to_minute)} {days_text(self.days)}"
+
+
+def clock_text(minute: int) -> str:
+    """540 -> `09:00`."""
+    return f"{minute // 60:02d}:{minute % 60:02d}"
+
+
+def days_text(days: tuple[int, ...]) -> str:
+    """(0, 1, 2, 3, 4, 5) -> `mon-sat`; (0, 2, 4) -> `mon,wed,fri`; all seven -> `every day`."""
+    if len(days) == 7:
+        return "every day"
+    if days == tuple(range(days[0], days[-1] + 1)) and len(days) > 2:
+        return f"{WEEKDAYS[days[0]]}-{WEEKDAYS[days[-1]]}"
+    return ",".join(WEEKDAYS[d] for d in days)
+
+
+def check_time_zone(name: str) -> str:
+    """`name` if it is an IANA time zone zoneinfo can load (`Europe/Berlin`, `UTC`); a ValueError saying so and
+    suggesting the nearest name otherwise."""
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        known = zoneinfo.available_timezones()
+        by_case = {zone.lower(): zone for zone in known}
+        close = [by_case[name.lower()]] if name.lower() in by_case else difflib.get_close_matches(name, known, n=1)
+        hint = f"did you mean {close[0]}?" if close else "write a name such as Europe/Berlin or America/New_York"
+        raise ValueError(f"{name!r} is not an IANA time zone. Hint: {hint}") from None
+    return name
+
+
 class SendSpec(_Strict):
     concurrency: int = Field(default=16, ge=1, le=1000)
     rate: str | None = None  # "300/min", "5/s"; None = no client-side limit
@@ -306,6 +416,32 @@ class SendSpec(_Strict):
     retry_ambiguous: bool | None = None  # None: the API generation's default (yes on v3, which keeps keys)
     # v3: rows with the same template, parameters and channel share one request of up to this many numbers
     batch_recipients: int = Field(default=1, ge=1, le=1000)
+    # Guard rails. A run that would send more than this refuses to start: the guard against the wrong input file.
+    max_messages: int | None = Field(default=None, ge=1)
+    window: WindowSpec | None = None  # sending hours in each recipient's own time (pipeline/window.py)
+    timezone: FieldSource | None = None  # each row's IANA zone; default: the phone number's (v3)
+    default_timezone: str | None = None  # for rows whose zone cannot be known otherwise
+
+    @field_validator("max_messages", mode="before")
+    @classmethod
+    def _count_not_flag(cls, raw: object) -> object:
+        if isinstance(raw, bool):  # `max_messages: yes` would otherwise be a cap of 1
+            raise ValueError(f"must be a number of messages, e.g. 50000 (got {raw!r})")
+        return raw
+
+    @field_validator("default_timezone")
+    @classmethod
+    def _known_zone(cls, name: str | None) -> str | None:
+        if not name:
+            return None  # `${VAR:-}` left empty: no default zone, as if the key were absent
+        return check_time_zone(name)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_literal_zone(cls, source: FieldSource | None) -> FieldSource | None:
+        if source is not None and source.value is not None:
+            check_time_zone(source.value)
+        return source
 
     @field_validator("rate")
     @classmethod
@@ -386,6 +522,25 @@ class OutputSpec(_Strict):
         return self
 
 
+class SuppressSpec(_Strict):
+    """One suppression list: a CSV or Parquet file of recipients never to send to, and the column that names them
+    (None: `phone` on v3, `contact_id` on v1/v2; see pipeline/suppress.py)."""
+
+    path: Path
+    column: str | None = Field(default=None, min_length=1)
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _not_empty(cls, raw: object) -> object:
+        # Path("") is the current folder: an empty entry (an unset ${VAR:-}) must not pass as a list
+        if isinstance(raw, str) and not raw.strip():
+            raise ValueError(
+                "is empty: a suppression list that is not there would let every row through. Hint: name the "
+                "file, relative to the spec file, or remove the entry"
+            )
+        return raw
+
+
 class CampaignSpec(_Strict):
     """A validated job spec. Paths are absolute (resolved against the spec file's folder)."""
 
@@ -396,11 +551,27 @@ class CampaignSpec(_Strict):
     api: ApiSpec
     send: SendSpec = SendSpec()
     output: OutputSpec
+    # recipients never to send to: `suppress: [opt-outs.csv, {path: bounced.parquet, column: msisdn}]`
+    suppress: tuple[SuppressSpec, ...] = ()
     spec_path: Path = Path("<spec>")
+
+    @field_validator("suppress", mode="before")
+    @classmethod
+    def _paths_or_mappings(cls, raw: object) -> object:
+        if raw is None:
+            raise ValueError(
+                "is empty. Hint: list the suppression files (`suppress: [lists/opt-outs.csv]`), or remove the key"
+            )
+        if isinstance(raw, str | dict):  # one list written without brackets
+            raw = [raw]
+        if isinstance(raw, list):
+            return [{"path": entry} if isinstance(entry, str) else entry for entry in raw]
+        return raw
 
     @model_validator(mode="after")
     def _keys_of_the_version(self) -> CampaignSpec:
         problems = version_problems(dict(self.message), dict(self.api), dict(self.send))
+        problems += window_problems(dict(self.api), dict(self.send))
         if problems:
             raise ValueError("\n".join(problems))
         return self
@@ -486,6 +657,28 @@ def version_problems(
                 f"message.variables: required key is missing ({version} refuses an empty {body}). "
                 "Hint: map the template's variables, e.g. `name: {column: first_name}`."
             )
+    return problems
+
+
+def window_problems(api: Mapping[str, Any], send: Mapping[str, Any]) -> list[str]:
+    """`key: problem. Hint: fix` for the time-zone keys of `send` (a spec's section, as a mapping) that cannot
+    apply: zones without a window, and a window on v1/v2 with no way to know any row's zone."""
+
+    def given(name: str) -> bool:
+        return send.get(name) not in (None, "")
+
+    problems = [
+        f"send.{name}: applies only with send.window (a row's time zone says when its window is open). "
+        "Hint: add send.window, or remove it."
+        for name in ("timezone", "default_timezone")
+        if given(name) and not given("window")
+    ]
+    version = api.get("version") or "v1"
+    if given("window") and version in ("v1", "v2") and not given("timezone") and not given("default_timezone"):
+        problems.append(
+            f"send.window: {version} addresses contact GUIDs, which say nothing of where a person is. Hint: set "
+            "send.default_timezone (e.g. Europe/Berlin), or send.timezone: {column: NAME} naming each row's zone."
+        )
     return problems
 
 
@@ -588,6 +781,9 @@ def load_spec(
             "spec_path": spec_path.resolve(),
             "input": spec.input.model_copy(update={"path": (base / spec.input.path).resolve()}),
             "api": spec.api.model_copy(update={"ca_bundle": ca_bundle}),
+            "suppress": tuple(
+                entry.model_copy(update={"path": (base / entry.path).resolve()}) for entry in spec.suppress
+            ),
             "output": spec.output.model_copy(
                 update={
                     "results": (base / spec.output.results).resolve(),
@@ -725,14 +921,20 @@ def _format_validation_error(spec_path: Path, exc: ValidationError, data: Any) -
             continue
         if kind == "extra_forbidden":
             model = _model_at(loc[:-1])
-            known = sorted(model.model_fields) if model is not None else []
-            known = [k for k in known if k != "spec_path"]
+            # a key that is a Python keyword (`from`) is a field by another name, spelt in the spec as its alias
+            fields = model.model_fields.items() if model is not None else []
+            known = sorted(info.alias or name for name, info in fields if name != "spec_path")
             close = difflib.get_close_matches(str(loc[-1]), known, n=1)
             hint = f"did you mean `{close[0]}`?" if close else f"known keys here: {', '.join(known)}"
             lines.append(f"  {key}: unknown key. Hint: {hint}")
         elif kind in ("model_type", "model_attributes_type", "dict_type"):
-            field_source = _model_at(loc) is FieldSource
-            hint = "write `{column: NAME}` or `{value: LITERAL}`" if field_source else "indent the keys under it"
+            model = _model_at(loc)
+            if model is FieldSource:
+                hint = "write `{column: NAME}` or `{value: LITERAL}`"
+            elif model is SuppressSpec:
+                hint = "write the file's path, or `{path: FILE, column: NAME}`"
+            else:
+                hint = "indent the keys under it"
             lines.append(f"  {key}: must be a mapping, got {error.get('input')!r}. Hint: {hint}")
         elif kind == "missing":
             hint = _HINTS.get(key, "see the spec reference in README.md")
@@ -753,4 +955,6 @@ def _format_validation_error(spec_path: Path, exc: ValidationError, data: Any) -
         # needs every key valid, does not run)
         sent = send_section if isinstance(send_section, dict) else None
         lines.extend(f"  {line}" for line in version_problems(message_section, api_section, sent))
+    if isinstance(api_section, dict) and isinstance(send_section, dict):
+        lines.extend(f"  {line}" for line in window_problems(api_section, send_section))
     return "\n".join(lines)

@@ -356,3 +356,200 @@ def test_two_sandbox_templates_may_not_share_an_id_or_a_name(tmp_path: Path) -> 
     assert error_of(same_name) == (
         f"{same_name}: the job spec is invalid:\n  api.sandbox.templates: two templates have the name 'a'"
     )
+
+
+# --- guard rails: send.window, send.timezone, send.default_timezone, send.max_messages, suppress -----------------
+
+
+def v3_data(**overrides: object) -> dict[str, object]:
+    data = spec_data(api={"base_url": "sandbox", "version": "v3"}, **overrides)
+    data["message"] = {"to": {"column": "phone"}, "default_region": "US", "template_id": {"value": TEMPLATE}}
+    return data
+
+
+def window_of(tmp_path: Path, window: object) -> tuple[int, int, tuple[int, ...]]:
+    spec, _ = load_spec(write(tmp_path, v3_data(send={"window": window})), environ={})
+    assert spec.send.window is not None
+    return spec.send.window.from_minute, spec.send.window.to_minute, spec.send.window.days
+
+
+@pytest.mark.parametrize(
+    ("days", "numbers"),
+    [
+        ("mon-fri", (0, 1, 2, 3, 4)),
+        ("mon-sat", (0, 1, 2, 3, 4, 5)),
+        ("mon,wed,fri", (0, 2, 4)),
+        ("sat-sun", (5, 6)),
+        ("mon-sun", (0, 1, 2, 3, 4, 5, 6)),
+        ("MON-Fri", (0, 1, 2, 3, 4)),
+        ("mon - wed, SAT", (0, 1, 2, 5)),
+        ("fri-mon", (0, 4, 5, 6)),  # a range wraps round the week
+        ("sun", (6,)),
+        (["mon", "wed-thu"], (0, 2, 3)),
+    ],
+)
+def test_window_days_are_ranges_and_lists_in_any_case(tmp_path: Path, days: object, numbers: tuple[int, ...]) -> None:
+    assert window_of(tmp_path, {"from": "09:00", "to": "20:00", "days": days}) == (540, 1200, numbers)
+
+
+def test_a_window_without_days_is_every_day_and_may_end_at_midnight(tmp_path: Path) -> None:
+    assert window_of(tmp_path, {"from": "8:05", "to": "24:00"}) == (485, 1440, (0, 1, 2, 3, 4, 5, 6))
+    spec, _ = load_spec(
+        write(tmp_path, v3_data(send={"window": {"from": "09:00", "to": "20:00", "days": "mon-sat"}})), environ={}
+    )
+    assert spec.send.window is not None
+    assert spec.send.window.describe() == "09:00-20:00 mon-sat"
+
+
+def test_a_window_past_midnight_or_empty_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, v3_data(send={"window": {"from": "21:00", "to": "06:00"}}))
+    message = (
+        "the window is when messages may be sent, within one day of the recipient's time; a window past midnight "
+        'is not supported. Hint: e.g. `window: {from: "09:00", to: "20:00"}`'
+    )
+    assert error_of(path) == (
+        f"{path}: the job spec is invalid:\n  send.window: from (21:00) must be before to (06:00): {message}"
+    )
+    path = write(tmp_path, v3_data(send={"window": {"from": "09:00", "to": "09:00"}}))
+    assert error_of(path) == (
+        f"{path}: the job spec is invalid:\n  send.window: from (09:00) must be before to (09:00): {message}"
+    )
+
+
+def test_window_times_and_days_that_cannot_be_read(tmp_path: Path) -> None:
+    window = {"from": "9am", "to": "24:01", "days": "mon-frx", "form": "09:00"}
+    path = write(tmp_path, v3_data(send={"window": window}))
+    assert error_of(path) == (
+        f"{path}: the job spec is invalid:\n"
+        "  send.window.from: '9am' is not a time of day: write HH:MM in 24-hour time, 00:00 to 23:59\n"
+        "  send.window.to: '24:01' is not a time of day: write HH:MM in 24-hour time, 00:00 to 24:00\n"
+        "  send.window.days: 'mon-frx' is not a list of days. Hint: write days as mon, tue, wed, thu, fri, sat, sun: "
+        "a range (mon-fri), a list (mon,wed,fri) or both (mon-wed,sat)\n"
+        "  send.window.form: unknown key. Hint: did you mean `from`?"
+    )
+
+
+def test_an_unquoted_time_which_yaml_reads_as_a_number_asks_for_quotes(tmp_path: Path) -> None:
+    text = yaml.safe_dump(v3_data(), sort_keys=False).replace("send:\n", "send:\n  window: {from: 9:30, to: 20:00}\n")
+    path = write(tmp_path, text)
+    assert error_of(path) == (
+        f"{path}: the job spec is invalid:\n"
+        "  send.window.from: 570 is a number, not a time: YAML reads an unquoted 9:30 as one. "
+        'Hint: quote the time, e.g. `from: "09:30"`\n'
+        "  send.window.to: 1200 is a number, not a time: YAML reads an unquoted 20:00 as one. "
+        'Hint: quote the time, e.g. `to: "20:00"`'
+    )
+
+
+def test_time_zones_are_checked_against_the_tz_database(tmp_path: Path) -> None:
+    window = {"from": "09:00", "to": "20:00"}
+    send = {"window": window, "timezone": {"value": "europe/london"}, "default_timezone": "Europe/Berln"}
+    path = write(tmp_path, v3_data(send=send))
+    assert error_of(path) == (
+        f"{path}: the job spec is invalid:\n"
+        "  send.timezone: 'europe/london' is not an IANA time zone. Hint: did you mean Europe/London?\n"
+        "  send.default_timezone: 'Europe/Berln' is not an IANA time zone. Hint: did you mean Europe/Berlin?"
+    )
+    path = write(tmp_path, v3_data(send={"window": window, "default_timezone": "Mars/Olympus_Mons"}))
+    assert error_of(path) == (
+        f"{path}: the job spec is invalid:\n  send.default_timezone: 'Mars/Olympus_Mons' is not an IANA time zone. "
+        "Hint: write a name such as Europe/Berlin or America/New_York"
+    )
+    send = {"window": window, "timezone": {"column": "tz"}, "default_timezone": "Europe/Berlin"}
+    spec, _ = load_spec(write(tmp_path, v3_data(send=send)), environ={})
+    assert spec.send.timezone is not None
+    assert spec.send.timezone.column == "tz"
+    assert spec.send.default_timezone == "Europe/Berlin"
+
+
+def test_an_empty_default_timezone_variable_is_no_default(tmp_path: Path) -> None:
+    send = {"window": {"from": "09:00", "to": "20:00"}, "default_timezone": "${TZ_DEFAULT:-}"}
+    spec, _ = load_spec(write(tmp_path, v3_data(send=send)), environ={})
+    assert spec.send.default_timezone is None
+
+
+def test_time_zones_without_a_window_are_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, v3_data(send={"timezone": {"column": "tz"}, "default_timezone": "UTC"}))
+    assert error_of(path) == (
+        f"{path}: the job spec is invalid:\n"
+        "  send.timezone: applies only with send.window (a row's time zone says when its window is open). "
+        "Hint: add send.window, or remove it.\n"
+        "  send.default_timezone: applies only with send.window (a row's time zone says when its window is open). "
+        "Hint: add send.window, or remove it."
+    )
+
+
+def test_a_window_on_v1_needs_a_way_to_know_each_rows_zone(tmp_path: Path) -> None:
+    window = {"from": "09:00", "to": "20:00"}
+    path = write(tmp_path, spec_data(send={"window": window}))
+    assert error_of(path) == (
+        f"{path}: the job spec is invalid:\n"
+        "  send.window: v1 addresses contact GUIDs, which say nothing of where a person is. Hint: set "
+        "send.default_timezone (e.g. Europe/Berlin), or send.timezone: {column: NAME} naming each row's zone."
+    )
+    # named even when another key fails too
+    path = write(tmp_path, spec_data(send={"window": window, "concurrency": 0}))
+    assert error_of(path).endswith(
+        "\n  send.window: v1 addresses contact GUIDs, which say nothing of where a person "
+        "is. Hint: set send.default_timezone (e.g. Europe/Berlin), or send.timezone: "
+        "{column: NAME} naming each row's zone."
+    )
+    spec, _ = load_spec(
+        write(tmp_path, spec_data(send={"window": window, "default_timezone": "Europe/Berlin"})), environ={}
+    )
+    assert spec.send.default_timezone == "Europe/Berlin"
+
+
+def test_max_messages_is_a_positive_count(tmp_path: Path) -> None:
+    spec, _ = load_spec(write(tmp_path, spec_data(send={"max_messages": "${CAP:-50000}"})), environ={})
+    assert spec.send.max_messages == 50000
+    assert load_spec(write(tmp_path, spec_data()), environ={})[0].send.max_messages is None
+    path = write(tmp_path, spec_data(send={"max_messages": 0}))
+    assert error_of(path) == (
+        f"{path}: the job spec is invalid:\n  send.max_messages: Input should be greater than or equal to 1 (got 0)"
+    )
+    path = write(tmp_path, spec_data(send={"max_messages": True}))
+    assert error_of(path) == (
+        f"{path}: the job spec is invalid:\n  send.max_messages: must be a number of messages, e.g. 50000 (got True)"
+    )
+
+
+def test_suppression_lists_are_paths_or_mappings_relative_to_the_spec_file(tmp_path: Path) -> None:
+    lists = ["lists/opt-outs.csv", {"path": "../bounced.parquet", "column": "msisdn"}]
+    spec, _ = load_spec(write(tmp_path, v3_data(suppress=lists)), environ={})
+    assert [(entry.path, entry.column) for entry in spec.suppress] == [
+        ((tmp_path / "lists/opt-outs.csv").resolve(), None),
+        ((tmp_path.parent / "bounced.parquet").resolve(), "msisdn"),
+    ]
+    one, _ = load_spec(write(tmp_path, v3_data(suppress="opt-outs.csv")), environ={})
+    assert [entry.path for entry in one.suppress] == [(tmp_path / "opt-outs.csv").resolve()]
+    assert load_spec(write(tmp_path, v3_data()), environ={})[0].suppress == ()
+
+
+def test_suppression_entries_that_name_no_file_are_errors(tmp_path: Path) -> None:
+    path = write(tmp_path, v3_data(suppress=["${OPT_OUTS:-}", {"path": "a.csv", "colum": "x"}, 3, {"column": "x"}]))
+    assert error_of(path) == (
+        f"{path}: the job spec is invalid:\n"
+        "  suppress[0].path: is empty: a suppression list that is not there would let every row through. "
+        "Hint: name the file, relative to the spec file, or remove the entry\n"
+        "  suppress[1].colum: unknown key. Hint: did you mean `column`?\n"
+        "  suppress[2]: must be a mapping, got 3. Hint: write the file's path, or `{path: FILE, column: NAME}`\n"
+        "  suppress[3].path: required key is missing. Hint: see the spec reference in README.md"
+    )
+    path = write(tmp_path, yaml.safe_dump(v3_data(), sort_keys=False) + "suppress:\n")
+    assert error_of(path) == (
+        f"{path}: the job spec is invalid:\n"
+        "  suppress: is empty. Hint: list the suppression files (`suppress: [lists/opt-outs.csv]`), or remove the key"
+    )
+
+
+def test_the_sample_specs_load_unchanged_with_no_guard_rails(tmp_path: Path) -> None:
+    for name in ("configs/campaign.yaml", "configs/campaign-v3.yaml"):
+        spec, _ = load_spec(Path(name), environ={})
+        assert spec.suppress == ()
+        assert (spec.send.window, spec.send.timezone, spec.send.default_timezone, spec.send.max_messages) == (
+            None,
+            None,
+            None,
+            None,
+        )
