@@ -24,6 +24,7 @@ from pipeline.campaign import (
     run_campaign,
     validate_campaign,
 )
+from pipeline.campaign.plan import format_plan, plan_campaign
 from pipeline.merge import merge_shards
 from pipeline.progress import BarProgress, JsonProgress, LogProgress, emit_json, format_summary
 from pipeline.sandbox import ENDPOINTS, serve_forever
@@ -80,6 +81,7 @@ exit codes:
   1    finished, but some rows were not sent (or are invalid)
   2    spec, input or usage error, or the campaign is already running: nothing sent
   3    aborted (authentication, service down, TLS or DNS failure, disk full): run again to resume
+  4    finished; every row sent or deferred to its sending hours (send.window): run again when they open
   70   internal error (a bug)
   130  interrupted (Ctrl-C); 143: SIGTERM
 
@@ -141,6 +143,17 @@ def _build_parser() -> argparse.ArgumentParser:
         help="v3: send the messages of the first valid rows, one per number, to these comma-separated test numbers "
         "instead; results go to NAME.test-send.EXT and nothing of the campaign is marked as sent",
     )
+    run.add_argument(
+        "--max-messages",
+        type=_positive_int,
+        metavar="N",
+        help="this run may send up to N messages (overrides send.max_messages; above it, nothing is sent)",
+    )
+    run.add_argument(
+        "--wait",
+        action="store_true",
+        help="send.window: keep running and send each deferred row when its window opens (holding the lock)",
+    )
     run.add_argument("--limit", type=_positive_int, metavar="N", help="send at most N rows (a smoke test)")
     run.add_argument("--summary-json", metavar="FILE", help="also write the run summary as JSON to FILE")
     run.add_argument(
@@ -181,7 +194,26 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     retry.add_argument("--summary-json", metavar="FILE", help="also write the summary as JSON to FILE")
     retry.add_argument("--shard", type=_shard, metavar="I/N", help="retry within shard I of N")
-    retry.set_defaults(handler=_retry, dry_run=False, server_dry_run=False, limit=None, rate=None)
+    retry.add_argument(
+        "--max-messages", type=_positive_int, metavar="N", help="resend up to N messages (overrides send.max_messages)"
+    )
+    retry.set_defaults(handler=_retry, dry_run=False, server_dry_run=False, limit=None, rate=None, wait=False)
+
+    plan = commands.add_parser(
+        "plan",
+        parents=[logs],
+        epilog=_EPILOG,
+        formatter_class=formatter,
+        help="what a run would do: rows, checks, suppressed and deferred rows, messages, requests, time; sends nothing",
+        description="Read the spec and the input as a run would and say what it would do - rows, valid, invalid, "
+        "duplicates, suppressed, deferred now by send.window (with when each time zone's window opens), messages "
+        "and requests to send, and how long they take at send.rate and at Sent.dm's plan limits. Sends nothing, "
+        "takes no lock and needs no API key.",
+    )
+    plan.add_argument("spec", help="path to the YAML job spec")
+    plan.add_argument("--json", action="store_true", help="print the plan as one JSON object")
+    plan.add_argument("--max-messages", type=_positive_int, metavar="N", help="check against this cap instead")
+    plan.set_defaults(handler=_plan)
 
     merge = commands.add_parser(
         "merge",
@@ -318,6 +350,8 @@ def _run(args: argparse.Namespace, retry: RetrySelection | None = None) -> int:
         raise errors.UsageError("--test-to needs at least one phone number, e.g. --test-to +14155550123")
     options = RunOptions(
         test_to=tuple(test_to.split(",")) if test_to is not None else (),
+        wait=args.wait,
+        max_messages=args.max_messages,
         dry_run=args.dry_run,
         server_dry_run=args.server_dry_run,
         limit=args.limit,
@@ -379,12 +413,25 @@ def _run_exit_code(summary: RunSummary) -> int:
     if summary.aborted_reason is not None:
         return errors.EXIT_ABORTED
     if summary.dry_run:
-        return errors.EXIT_ROWS_NOT_SENT if summary.counts.get("invalid") else errors.EXIT_OK
+        if summary.counts.get("invalid"):
+            return errors.EXIT_ROWS_NOT_SENT
+        return errors.EXIT_DEFERRED if summary.counts.get("deferred") else errors.EXIT_OK
     if summary.server_dry_run:  # rows the server accepted are `valid`: every row accepted is a success
-        refused = sum(n for status, n in summary.counts.items() if status not in ("valid", "duplicate"))
+        refused = sum(n for status, n in summary.counts.items() if status not in ("valid", *_FINE))
         return errors.EXIT_ROWS_NOT_SENT if refused else errors.EXIT_OK
-    not_sent = sum(n for status, n in summary.counts.items() if status not in ("sent", "duplicate"))
-    return errors.EXIT_ROWS_NOT_SENT if not_sent else errors.EXIT_OK
+    return _exit_for(summary.counts)
+
+
+# statuses that are no failure to send: the row repeats another, or its person must not get the message
+_FINE = ("duplicate", "suppressed")
+
+
+def _exit_for(counts: dict[str, int]) -> int:
+    """1 when a row is neither sent nor fine (1 wins), 4 when the others only wait for their sending hours, else 0."""
+    not_sent = sum(n for status, n in counts.items() if status not in ("sent", "deferred", *_FINE))
+    if not_sent:
+        return errors.EXIT_ROWS_NOT_SENT
+    return errors.EXIT_DEFERRED if counts.get("deferred") else errors.EXIT_OK
 
 
 def _write_json(path: Path, summary: RunSummary) -> None:
@@ -397,6 +444,16 @@ def _write_json(path: Path, summary: RunSummary) -> None:
         ) from None
 
 
+def _plan(args: argparse.Namespace) -> int:
+    spec = _load(args.spec, as_json=args.log_format == "json" or args.json, offline=True)
+    found = plan_campaign(spec, max_messages=args.max_messages)
+    if args.json or args.log_format == "json":
+        print(json.dumps(found.to_json(), ensure_ascii=False))
+    else:
+        print(format_plan(found))
+    return errors.EXIT_OK
+
+
 def _merge(args: argparse.Namespace) -> int:
     summary = merge_shards(_load(args.spec, as_json=args.log_format == "json"))
     if args.log_format == "json":
@@ -406,8 +463,7 @@ def _merge(args: argparse.Namespace) -> int:
         for status, n in summary.counts.items():
             print(f"  {status:<13}  {n}")
         print(f"Results: {summary.results_path}")
-    not_sent = sum(n for status, n in summary.counts.items() if status not in ("sent", "duplicate"))
-    return errors.EXIT_ROWS_NOT_SENT if not_sent else errors.EXIT_OK
+    return _exit_for(summary.counts)
 
 
 def _sandbox(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ EXIT_OK = 0
 EXIT_ROWS_NOT_SENT = 1
 EXIT_USAGE = 2
 EXIT_ABORTED = 3
+EXIT_DEFERRED = 4  # finished: every row sent or deferred to its sending hours (send.window); a later run sends them
 EXIT_INTERNAL = 70  # EX_SOFTWARE from sysexits.h: not 0-3, so schedulers never mistake a bug for a result
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143

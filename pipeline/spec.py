@@ -576,6 +576,12 @@ class CampaignSpec(_Strict):
             raise ValueError("\n".join(problems))
         return self
 
+    def input_columns(self) -> list[str]:
+        """Input columns the campaign reads: the message's, and each row's time zone (send.timezone)."""
+        zone = self.send.timezone
+        extra = [zone.column] if zone is not None and zone.column is not None else []
+        return list(dict.fromkeys([*self.message.columns(), *extra]))
+
     @property
     def retry_ambiguous(self) -> bool:
         """Whether ambiguous failures are sent again: send.retry_ambiguous, by default only where the server keeps

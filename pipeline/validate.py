@@ -17,6 +17,8 @@ STATUS = "result_status"
 ERROR = "result_error"
 INVALID = "invalid"
 DUPLICATE = "duplicate"
+SUPPRESSED = "suppressed"  # the recipient is on a suppression list (`suppress`): never sent
+DEFERRED = "deferred"  # outside the recipient's sending hours (`send.window`) now: sent by a run once it opens
 VALID = "valid"  # in the output of commands that send nothing (validate --output, run --dry-run): would be sent
 REASON_SEPARATOR = "; "
 _SEED_HI, _SEED_LO = 0x5E17, 0xD0C5
@@ -36,10 +38,12 @@ def _reasons(message: MessageSpec, generation: Generation) -> list[pl.Expr]:
     return reasons
 
 
-def check_rows(fields: pl.DataFrame, message: MessageSpec, generation: Generation) -> pl.DataFrame:
+def check_rows(
+    fields: pl.DataFrame, message: MessageSpec, generation: Generation, extra: list[pl.Expr] | None = None
+) -> pl.DataFrame:
     """`fields` (from payload.message_fields) plus `result_status` ("invalid", "duplicate" or null for a row to
-    send) and `result_error` (every reason, or "duplicate of row N")."""
-    reasons = _reasons(message, generation)
+    send) and `result_error` (every reason, or "duplicate of row N"). `extra`: more reasons (null where none)."""
+    reasons = _reasons(message, generation) + (extra or [])
     error = (
         pl.concat_str(reasons, separator=REASON_SEPARATOR, ignore_nulls=True)
         if reasons

@@ -34,17 +34,18 @@ from phonenumbers.phonemetadata import PhoneNumberDesc
 from phonenumbers.timezone import UNKNOWN_TIMEZONE
 from phonenumbers.tzdata import TIMEZONE_DATA
 
+from pipeline import fields
 from pipeline.spec import WindowSpec
 
 DEFERRED = "deferred"  # result_status of a row that is not sent now because its window is closed
 
-# output columns
-ZONES = "time_zones"  # List[String]: the row's zones; null when none is known
-ZONE_ERROR = "time_zone_error"  # why the zone a row names cannot be used; null when it can
-OPEN = "window_open"  # open now in every one of the row's zones
-OPENS_AT = "window_opens_at"  # UTC; null when open now or not within HORIZON
-CLOSES_AT = "window_closes_at"  # UTC; when the open spell (the current one, or the next) ends in one of the zones
-REASON = "window_reason"  # why the row is not sendable now; null when it is
+# output columns (named in fields.py)
+ZONES = fields.ZONES
+ZONE_ERROR = fields.ZONE_ERROR
+OPEN = fields.WINDOW_OPEN
+OPENS_AT = fields.OPENS_AT
+CLOSES_AT = fields.CLOSES_AT
+REASON = fields.DEFERRED_REASON
 
 HORIZON = timedelta(days=14)  # how far ahead an opening is looked for: any `days` rule opens within a week
 UNKNOWN_REASON = "time zone unknown: set send.default_timezone, or name each row's zone with send.timezone"

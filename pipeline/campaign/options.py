@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -61,3 +62,10 @@ class RunOptions:
     progress_interval_s: float = 0.2
     handle_signals: bool = True
     summary_json: Path | None = None  # written by the caller; checked here with the other outputs before any reading
+    # send.window: keep running, holding the lock, and send each deferred row when its window opens
+    wait: bool = False
+    max_messages: int | None = None  # overrides send.max_messages for this run
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)  # "now" for sending hours; tests move it
+    # how `wait` sleeps (seconds) until the next window opens; None: a sleep that a signal ends; tests pass one
+    # that moves their clock
+    sleep: Callable[[float], None] | None = None

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
 from pipeline import payload, results, source, validate
+from pipeline.campaign.guards import CLOSES_AT, DEFERRED_REASON, OPENS_AT, ZONES, Guards
 from pipeline.campaign.options import RunOptions
 from pipeline.campaign.prepare import PreparedBatch, prepared_batches
 from pipeline.outcome import FAILED, NOT_ATTEMPTED, SENT, UNKNOWN, Verdict
@@ -42,6 +45,7 @@ class Totals:
 
 
 _MAX_DISTINCT_ERRORS = 10_000
+_TIMING = (ZONES, DEFERRED_REASON, OPENS_AT, CLOSES_AT)
 
 
 def write_results(
@@ -52,15 +56,22 @@ def write_results(
     not_sent_reason: str | None,
     *,
     after_sending: bool,
+    guards: Guards | None = None,
 ) -> Totals:
-    """Write every row's outcome; rows with none are `not_attempted` with `not_sent_reason`, or, when it is None
-    (a dry run), `valid`."""
+    """Write every row's outcome; rows with none are `deferred` (outside their sending hours, as of the guards'
+    moment), or `not_attempted` with `not_sent_reason`, or, when it is None (a dry run), `valid`."""
     totals = Totals()
     writer = results.ResultsWriter(path, after_sending=after_sending, csv=results.CsvOptions.of(spec))
     try:
         opened: list[source.ContactSource] = []
         batches = prepared_batches(
-            spec, options.shard, keys=store is not None, opened=opened, rehearsal=options.server_dry_run, bodies=0
+            spec,
+            options.shard,
+            keys=store is not None,
+            opened=opened,
+            rehearsal=options.server_dry_run,
+            bodies=0,
+            guards=guards,
         )
         for batch in batches:
             recorded = store.lookup(batch.payloads[payload.KEY].to_list()) if store is not None else empty_outcomes()
@@ -91,9 +102,9 @@ def select_rows(payloads: pl.DataFrame, recorded: pl.DataFrame, options: RunOpti
     # rows sent before whose answer was lost go out again alone, under their own key, never in a new broadcast
     alone = pl.col("result_status").is_in([PENDING, UNKNOWN]).fill_null(False).alias(PENDING_FLAG)
     if options.retry is None:
-        chosen = joined.filter(fresh)
+        chosen, waiting = _open_only(joined.filter(fresh))
         return chosen.select(payload.ROW, payload.BODY, payload.KEY, alone), Selected(
-            skipped=joined.height - chosen.height
+            skipped=joined.height - chosen.height - waiting.height, **_deferred(waiting)
         )
     selection = options.retry
     refused = (pl.col("result_status") == FAILED) & pl.col("result_verdict").is_in(
@@ -107,10 +118,24 @@ def select_rows(payloads: pl.DataFrame, recorded: pl.DataFrame, options: RunOpti
     # refused rows count as left out only when failed rows were asked for
     left_refused = in_rows & refused & ~wanted & pl.lit(FAILED in selection.statuses)
     counts = joined.select(left_unknown.sum().alias("unknown"), left_refused.sum().alias("refused")).row(0)
-    chosen = joined.filter(wanted & in_rows)
+    chosen, waiting = _open_only(joined.filter(wanted & in_rows))
     return chosen.select(payload.ROW, payload.BODY, payload.KEY, alone), Selected(
-        unknown_left=int(counts[0]), refused_left=int(counts[1])
+        unknown_left=int(counts[0]), refused_left=int(counts[1]), **_deferred(waiting)
     )
+
+
+def _open_only(chosen: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The chosen rows whose sending hours are open now, and those that wait for them (send.window)."""
+    if DEFERRED_REASON not in chosen.columns:
+        return chosen, chosen.clear()
+    waiting = pl.col(DEFERRED_REASON).is_not_null()
+    return chosen.filter(~waiting), chosen.filter(waiting)
+
+
+def _deferred(waiting: pl.DataFrame) -> dict[str, Any]:
+    if waiting.height == 0:
+        return {}
+    return {"deferred": waiting.height, "next_opening": waiting[OPENS_AT].min()}
 
 
 @dataclass(frozen=True)
@@ -118,6 +143,8 @@ class Selected:
     skipped: int = 0  # already had an outcome (a normal run)
     unknown_left: int = 0  # retry: `unknown` rows not resent (no --include-unknown)
     refused_left: int = 0  # retry: rows the server refused for good, not resent (no --include-permanent)
+    deferred: int = 0  # outside their sending hours now: left for a later run (or `run --wait`)
+    next_opening: datetime | None = None  # the first moment one of them may go (UTC)
 
 
 def empty_outcomes() -> pl.DataFrame:
@@ -128,7 +155,8 @@ def final_outcomes(
     batch: PreparedBatch, recorded: pl.DataFrame, not_sent_reason: str | None, *, rehearsal: bool = False
 ) -> pl.DataFrame:
     """Every row's outcome: validation's verdict, the recorded delivery outcome, or - for rows with neither -
-    `not_attempted` with `not_sent_reason`, or `valid` when that is None (commands that send nothing). In a
+    `deferred` when outside their sending hours, else `not_attempted` with `not_sent_reason`, or `valid` when that
+    is None (commands that send nothing). In a
     `rehearsal` (a server-side dry run) what the server accepted is `valid`: it was sent to nobody. On v3 the number
     as sent is `result_to`."""
     numbers = [pl.col(payload.TO).alias(results.TO_COLUMN)] if payload.TO in batch.checked.columns else []
@@ -138,6 +166,7 @@ def final_outcomes(
         pl.col(validate.STATUS).alias("check_status"),
         pl.col(validate.ERROR).alias("check_error"),
         *numbers,
+        *[c for c in (DEFERRED_REASON,) if c in batch.checked.columns],
     )
     delivered = recorded.filter(pl.col("result_status").is_in([SENT, FAILED, UNKNOWN]))
     if rehearsal:
@@ -147,12 +176,21 @@ def final_outcomes(
         )
     merged = checked.join(delivered, on=payload.KEY, how="left", maintain_order="left")
     unsent = NOT_ATTEMPTED if not_sent_reason is not None else validate.VALID
-    status = pl.coalesce(pl.col("check_status"), pl.col("result_status"), pl.lit(unsent))
+    # a row outside its sending hours that no earlier run sent waits for them
+    waiting = pl.col(DEFERRED_REASON) if DEFERRED_REASON in merged.columns else pl.lit(None, dtype=pl.String)
+    status = pl.coalesce(
+        pl.col("check_status"),
+        pl.col("result_status"),
+        pl.when(waiting.is_not_null()).then(pl.lit(validate.DEFERRED)),
+        pl.lit(unsent),
+    )
     error = (
         pl.when(pl.col("check_status").is_not_null())
         .then(pl.col("check_error"))
         .when(pl.col("result_status").is_not_null())
         .then(pl.col("result_error"))
+        .when(waiting.is_not_null())
+        .then(waiting)
         .otherwise(pl.lit(not_sent_reason, dtype=pl.String))
     )
     # a duplicate row carries no delivery outcome of its own: its original's is on the original's row
@@ -165,4 +203,4 @@ def final_outcomes(
             for c in ("result_http_status", "result_message_id", "result_sent_at", "result_latency_ms")
         ),
         pl.when(is_duplicate).then(0).otherwise(pl.col("result_attempts").fill_null(0)).alias("result_attempts"),
-    ).drop("check_status", "check_error", payload.KEY, "result_verdict")
+    ).drop("check_status", "check_error", payload.KEY, "result_verdict", *_TIMING, strict=False)

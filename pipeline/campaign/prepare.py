@@ -11,6 +11,7 @@ from pathlib import Path
 import polars as pl
 
 from pipeline import api, payload, source, validate
+from pipeline.campaign.guards import CLOSES_AT, DEFERRED_REASON, OPENS_AT, ZONES, Guards
 from pipeline.shard import Shard
 from pipeline.spec import CampaignSpec
 
@@ -37,8 +38,12 @@ class PreparedBatch:
     """One batch of input rows, checked, with the payloads of the rows to send."""
 
     frame: pl.DataFrame  # the input rows as read, with `result_row`
-    checked: pl.DataFrame  # result_row, result_status (invalid/duplicate/null), result_error, idempotency_key[, to]
-    payloads: pl.DataFrame  # result_row, payload (JSON text), idempotency_key - rows to send, in input order
+    # result_row, result_status (invalid/duplicate/suppressed/null), result_error, idempotency_key[, to]; with a
+    # window, window_reason (null while open), window_opens_at and window_closes_at for the rows to send
+    checked: pl.DataFrame
+    # result_row, payload (JSON text), idempotency_key[, window_reason, window_opens_at] - rows to send, in input
+    # order (deferred ones too: a row an earlier run sent is known by its key)
+    payloads: pl.DataFrame
 
 
 def prepared_batches(
@@ -50,15 +55,17 @@ def prepared_batches(
     declared: payload.Declared = None,
     rehearsal: bool = False,
     bodies: int | None = None,
+    guards: Guards | None = None,
 ) -> Iterator[PreparedBatch]:
     """Read, validate and build payloads batch by batch (only the rows of `shard`, if given). Duplicates are found
     across the whole input. Idempotency keys, the costliest part, are derived only for the rows to send, and only
     when `keys` (validation alone does not need them). `declared` limits each template's parameters to its own
     variables; `rehearsal` builds the bodies and keys of a server-side dry run. `bodies`: build the JSON bodies
     of only the first this many rows to send (the others' are null; None: every row's), for passes that send
-    nothing. Raises InputError for an unusable file."""
+    nothing. `guards`: suppression lists and sending hours, as of their moment. Raises InputError for an
+    unusable file."""
     generation = api.generation(spec.api.version)
-    contacts = source.open_contacts(spec.input, spec.input_format, required=spec.message.columns())
+    contacts = source.open_contacts(spec.input, spec.input_format, required=spec.input_columns())
     if opened is not None:  # the caller reads the skipped-line count and the notes after the pass
         opened.append(contacts)
     seen = validate.SeenKeys()
@@ -68,7 +75,13 @@ def prepared_batches(
             fields = fields.with_columns(payload.idempotency_keys(fields[payload.CONTENT], campaign=spec.name))
             mine = fields.select(shard.selects(pl.col(payload.KEY))).to_series()
             frame, fields = frame.filter(mine), fields.filter(mine)
-        checked = seen.mark_duplicates(validate.check_rows(fields, spec.message, generation))
+        if guards is not None:
+            fields = guards.zones(fields, frame)
+        checked = validate.check_rows(fields, spec.message, generation, guards.reasons() if guards else None)
+        if guards is not None:
+            checked = guards.defer(seen.mark_duplicates(guards.suppress(checked)))
+        else:
+            checked = seen.mark_duplicates(checked)
         to_send = checked.filter(pl.col(validate.STATUS).is_null())
         built = to_send.height if bodies is None else min(bodies, to_send.height)
         payloads = _payloads(to_send, built, spec, generation, keys=keys, declared=declared, rehearsal=rehearsal)
@@ -77,9 +90,12 @@ def prepared_batches(
         if rehearsal and keys:
             payloads = payloads.with_columns(payload.rehearsal_keys(pl.col(payload.KEY)))
         numbers = [payload.TO] if payload.TO in checked.columns else []
+        timing = [ZONES, DEFERRED_REASON, OPENS_AT, CLOSES_AT] if DEFERRED_REASON in checked.columns else []
+        if timing:
+            payloads = payloads.with_columns(to_send[DEFERRED_REASON], to_send[OPENS_AT])
         yield PreparedBatch(
             frame=frame,
-            checked=checked.select(payload.ROW, validate.STATUS, validate.ERROR, *numbers).join(
+            checked=checked.select(payload.ROW, validate.STATUS, validate.ERROR, *numbers, *timing).join(
                 payloads.select(payload.ROW, payload.KEY), on=payload.ROW, how="left", maintain_order="left"
             ),
             payloads=payloads.drop(numbers),
@@ -185,4 +201,6 @@ def prepare_campaign(spec: CampaignSpec, shard: Shard | None = None) -> Prepared
 
 
 def input_files(spec: CampaignSpec) -> list[tuple[str, Path]]:
-    return [("input.path", spec.input.path), ("the job spec", spec.spec_path)]
+    """The files a command reads: no output may be one of them."""
+    lists = [(f"suppress[{i}]", entry.path) for i, entry in enumerate(spec.suppress)]
+    return [("input.path", spec.input.path), ("the job spec", spec.spec_path), *lists]

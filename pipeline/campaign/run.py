@@ -7,8 +7,9 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,10 @@ import polars as pl
 
 from pipeline import api, payload, results, source, validate
 from pipeline.campaign.endpoint import api_endpoint, checked_templates
+from pipeline.campaign.guards import Guards
 from pipeline.campaign.options import ProgressSink, RunOptions
-from pipeline.campaign.outcomes import Totals, final_outcomes, write_results
-from pipeline.campaign.prepare import input_files
+from pipeline.campaign.outcomes import Totals, empty_outcomes, final_outcomes, select_rows, write_results
+from pipeline.campaign.prepare import input_files, prepared_batches
 from pipeline.campaign.sending import Tally, rows_to_send, send_rows
 from pipeline.campaign.test_send import TestSend, choose_test_rows, parse_test_numbers
 from pipeline.errors import InputError, UsageError
@@ -61,6 +63,7 @@ class RunSummary:
     server_dry_run: bool  # v3 rows sent with "sandbox": true: checked by the server, sent to nobody
     test_send: bool  # v3 --test-to: the first valid rows' messages went to the test numbers, not the campaign's
     template_check: str | None  # v3: the templates checked with the API before the first send
+    next_window_opens: str | None  # send.window: when the first deferred row's window opens (ISO 8601, UTC)
     aborted_reason: str | None
     interrupted_by: str | None  # "SIGINT" / "SIGTERM"
 
@@ -122,6 +125,11 @@ def run_campaign(
     if options.test_to:
         _check_test_send(spec, options)
         test_numbers = parse_test_numbers(",".join(options.test_to), default_region=spec.message.default_region)
+    if options.wait and (options.dry_run or options.server_dry_run or options.test_to or spec.send.window is None):
+        raise UsageError(
+            "--wait sends deferred rows when their sending hours open: it needs send.window, and goes neither with "
+            "--dry-run, --server-dry-run nor --test-to"
+        )
     check_outputs(input_files(spec), _run_outputs(spec, options))
     missing = [] if options.dry_run else spec.api.missing_credentials()
     if missing:
@@ -130,12 +138,16 @@ def run_campaign(
     if options.dry_run:
         path = dry_run_path(spec.output.results)
         results.check_writable(path)
+        guards = Guards.of(spec, options.clock())
         with contextlib.ExitStack() as stack:
             # rows an earlier run settled would not be sent again: say so, without taking the campaign's lock
             state = state_path(spec)
             store = stack.enter_context(StateStore(state, spec.name, read_only=True)) if state.exists() else None
-            totals = write_results(spec, options, path, store, None, after_sending=False)
-        return _summarise(spec, totals, Tally(None), RunControl(), options, path, None, (0, 0), 0.0, started)
+            _check_cap(spec, options, store, guards)
+            totals = write_results(spec, options, path, store, None, after_sending=False, guards=guards)
+        return _summarise(
+            spec, totals, Tally(None), RunControl(), options, path, None, (0, 0), 0.0, started, guards=guards
+        )
 
     with contextlib.ExitStack() as stack:
         if options.server_dry_run or options.test_to:
@@ -146,10 +158,13 @@ def run_campaign(
             output = spec.output.model_copy(update={"results": results_path, "state": scratch / "state.sqlite"})
             spec = spec.model_copy(update={"output": output})
         # a missing file, a bad header or a missing column fails here, before anything is sent
-        contacts = source.open_contacts(spec.input, spec.input_format, required=spec.message.columns())
+        contacts = source.open_contacts(spec.input, spec.input_format, required=spec.input_columns())
         results.check_writable(spec.output.results)
         if options.shard is None and not options.server_dry_run and not options.test_to:
             check_shard_layout(state_path(spec), spec.name, None)
+        # a suppression list that cannot be read stops the run here, before anything is sent; a test send goes to
+        # the team's own numbers, and a rehearsal to nobody, whatever the hour
+        guards = None if options.test_to else Guards.of(spec, options.clock(), hours=not options.server_dry_run)
         base_url = stack.enter_context(api_endpoint(spec))
         # v3: every template exists, is approved and has its variables mapped - or nothing is sent (exit 2)
         templates = checked_templates(spec, base_url)
@@ -161,16 +176,32 @@ def run_campaign(
         # retries too (up to send.max_retry_s) must end within 23 hours of its first attempt
         keeps_keys = api.generation(spec.api.version).keeps_keys
         window = max(KEY_RESEND_WINDOW_S - spec.send.max_retry_s, 0.0) if keeps_keys else None
-        recovered = store.recover_in_flight(resend=spec.retry_ambiguous, resend_window_s=window)
+        if test_numbers:
+            recovered = 0
+        else:
+            _check_cap(spec, options, store, guards)
+            recovered = store.recover_in_flight(resend=spec.retry_ambiguous, resend_window_s=window)
         tally = Tally(progress)
         control = RunControl()
         declared = templates.declared if templates is not None else None
         test = choose_test_rows(spec, test_numbers, declared=declared) if test_numbers else None
-        jobs = iter(test.jobs) if test is not None else rows_to_send(spec, options, store, tally, control, declared)
         send_started = time.monotonic()
         # a shard's share of the rows is not known before reading them
         total = len(test.jobs) if test is not None else contacts.total_rows if options.shard is None else None
-        send_rows(spec, base_url, jobs, total, store, tally, control, options)
+        while True:
+            jobs = (
+                iter(test.jobs)
+                if test is not None
+                else rows_to_send(spec, options, store, tally, control, declared, guards)
+            )
+            send_rows(spec, base_url, jobs, total, store, tally, control, options)
+            if not options.wait or guards is None or tally.next_opening is None or control.stopping:
+                break
+            if tally.input_error is not None or (options.limit is not None and tally.attempted >= options.limit):
+                break
+            if not _wait_for_window(tally.next_opening, tally.deferred, options, control, progress):
+                break
+            guards = guards.at(options.clock())
         send_wall_s = time.monotonic() - send_started
         if tally.input_error is not None:
             # the results pass would stop at the same line: keep the state, report the line, and let a rerun on
@@ -193,7 +224,7 @@ def run_campaign(
                 totals = _write_test_results(spec, test, store, reason)
             else:
                 totals = write_results(
-                    spec, options, spec.output.results, store, reason, after_sending=tally.attempted > 0
+                    spec, options, spec.output.results, store, reason, after_sending=tally.attempted > 0, guards=guards
                 )
     if options.shard is not None:
         write_shard_manifest(spec.output.results, spec.name, options.shard, rows=totals.rows)
@@ -209,6 +240,8 @@ def run_campaign(
         send_wall_s,
         started,
         templates.describe() if templates is not None else None,
+        guards=guards,
+        next_opening=tally.next_opening,
     )
 
 
@@ -310,10 +343,17 @@ def _summarise(
     send_wall_s: float,
     started: float,
     template_check: str | None = None,
+    *,
+    guards: Guards | None = None,
+    next_opening: datetime | None = None,
 ) -> RunSummary:
     # a server dry run sent nothing: what the server accepted is `valid` (so the results pass counted it)
     accepted = validate.VALID if options.server_dry_run else SENT
     counts = dict.fromkeys((accepted, FAILED, validate.INVALID, validate.DUPLICATE, UNKNOWN, NOT_ATTEMPTED), 0)
+    if guards is not None and guards.suppressed is not None:
+        counts[validate.SUPPRESSED] = 0
+    if guards is not None and guards.hours:
+        counts[validate.DEFERRED] = 0
     counts.update(totals.counts)
     top_errors = sorted(totals.errors.items(), key=lambda item: (-item[1], item[0]))[:5]
     latency = pl.Series(tally.latencies_ms, dtype=pl.Float64)
@@ -347,9 +387,78 @@ def _summarise(
         server_dry_run=options.server_dry_run,
         test_send=bool(options.test_to),
         template_check=template_check,
+        next_window_opens=_iso(next_opening) if counts.get(validate.DEFERRED) else None,
         aborted_reason=control.abort_reason,
         interrupted_by=signal_name,
     )
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if moment is not None else None
+
+
+def _check_cap(spec: CampaignSpec, options: RunOptions, store: StateStore | None, guards: Guards | None) -> None:
+    """send.max_messages (or --max-messages): a run that would send more messages than the cap refuses to start -
+    the guard against the wrong input file. Counted are the rows this run would send now or once their sending hours
+    open (valid, not duplicates, not suppressed, without an outcome from an earlier run): one pass over the input
+    before anything is sent."""
+    cap = options.max_messages if options.max_messages is not None else spec.send.max_messages
+    if cap is None:
+        return
+    count = 0
+    for batch in prepared_batches(spec, options.shard, keys=store is not None, bodies=0, guards=guards):
+        recorded = store.lookup(batch.payloads[payload.KEY].to_list()) if store is not None else empty_outcomes()
+        chosen, selected = select_rows(batch.payloads, recorded, options)
+        count += chosen.height + selected.deferred
+    if count > cap:
+        where = "--max-messages" if options.max_messages is not None else "send.max_messages"
+        raise UsageError(
+            f"{spec.spec_path}: this run would send {count:,} messages, more than {where} ({cap:,}); nothing was "
+            f"sent. Hint: check input.path ({spec.input.path}) is the file you meant; if it is, raise the cap for "
+            f"this run with --max-messages {count}"
+        )
+
+
+def _wait_for_window(
+    opening: datetime, deferred: int, options: RunOptions, control: RunControl, progress: ProgressSink | None
+) -> bool:
+    """`run --wait`: sleep (holding the campaign's lock) until `opening`; False when a signal ends the wait."""
+    if progress is not None:
+        progress.notice(
+            f"{deferred:,} row(s) outside their sending hours; waiting for the next window to open at "
+            f"{_iso(opening)} (Ctrl-C stops; a rerun goes on where this one stopped)"
+        )
+    sleep = options.sleep or _interruptible_sleep(control, options.handle_signals)
+    while not control.stopping:
+        left = (opening - options.clock()).total_seconds()
+        if left <= 0:
+            return True
+        sleep(min(left, 60.0))
+    return False
+
+
+def _interruptible_sleep(control: RunControl, handle_signals: bool) -> Callable[[float], None]:
+    """A sleep that SIGINT/SIGTERM end at once, noting the signal as an interrupt of the run."""
+    woken = threading.Event()
+
+    def sleep(seconds: float) -> None:
+        if not handle_signals or threading.current_thread() is not threading.main_thread():
+            woken.wait(seconds)
+            return
+
+        def note(signum: int, _frame: object) -> None:
+            control.interrupt_signal = control.interrupt_signal or signum
+            control.stop()
+            woken.set()
+
+        previous = {s: signal.signal(s, note) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            woken.wait(seconds)
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    return sleep
 
 
 def _quantile(values: pl.Series, q: float) -> float | None:

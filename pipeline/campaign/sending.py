@@ -8,12 +8,14 @@ import signal
 import threading
 from array import array
 from collections.abc import Iterable, Iterator
+from datetime import datetime
 
 import anyio
 import polars as pl
 
 from pipeline import api, payload
 from pipeline.campaign.broadcast import Broadcasts, resumed
+from pipeline.campaign.guards import Guards
 from pipeline.campaign.options import ProgressSink, RunOptions, RunStart
 from pipeline.campaign.outcomes import PENDING_FLAG, select_rows
 from pipeline.campaign.prepare import prepared_batches
@@ -42,6 +44,8 @@ class Tally:
         self.slowdowns = 0
         self.pauses = 0
         self.input_error: InputError | None = None  # a broken line found while sending
+        self.deferred = 0  # rows left for their sending hours in the last pass
+        self.next_opening: datetime | None = None  # the first moment one of them may go (UTC)
         self.watch: SlowdownWatch | None = None
         self._rng = random.Random(0)
 
@@ -68,6 +72,7 @@ def rows_to_send(
     tally: Tally,
     control: RunControl,
     declared: payload.Declared = None,
+    guards: Guards | None = None,
 ) -> Iterator[SendJob]:
     """The rows to send, read batch by batch as the workers take them: rows without an outcome yet (or, for
     `retry`, the rows it selects), at most `options.limit` of them.
@@ -76,7 +81,8 @@ def rows_to_send(
     found only when its block comes: then the run stops taking rows, lets requests in flight finish, and reports
     the line (see run_campaign)."""
     left = options.limit
-    batches = prepared_batches(spec, options.shard, declared=declared, rehearsal=options.server_dry_run)
+    batches = prepared_batches(spec, options.shard, declared=declared, rehearsal=options.server_dry_run, guards=guards)
+    tally.deferred, tally.next_opening = 0, None
     broadcasts = Broadcasts(spec) if spec.send.batch_recipients > 1 else None
     resent: set[str] = set()
     if broadcasts is not None and options.retry is None:
@@ -100,6 +106,9 @@ def rows_to_send(
         tally.skipped += selected.skipped
         tally.retry_unknown_left += selected.unknown_left
         tally.retry_refused_left += selected.refused_left
+        tally.deferred += selected.deferred
+        if selected.next_opening is not None:
+            tally.next_opening = min(tally.next_opening or selected.next_opening, selected.next_opening)
         tally.passed(batch.frame.height - chosen.height)
         if resent:  # already on their way again, in the broadcasts resumed above (counted by their outcomes)
             chosen = chosen.filter(~pl.col(payload.KEY).is_in(list(resent)))
