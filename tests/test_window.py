@@ -253,6 +253,9 @@ def test_us_march_change_a_from_that_does_not_exist_opens_at_the_jump() -> None:
 def test_us_november_change_the_repeated_hour_opens_twice() -> None:
     # 2027-11-07: 02:00 EDT -> 01:00 EST in New York (06:00 UTC): 01:00-01:59 happens twice
     assert (offset_hours(NEW_YORK, utc(2027, 11, 7, 5, 59)), offset_hours(NEW_YORK, utc(2027, 11, 7, 6))) == (-4, -5)
+    assert reason_at([NEW_YORK], utc(2027, 11, 7, 5, 0)) == (  # 01:00 EDT: nine o'clock will be EST
+        "window opens 2027-11-07 14:00 UTC (09:00 America/New_York)"
+    )
     first_pass = next_opening([NEW_YORK], spec_window("01:30", "20:00"), now=utc(2027, 11, 7, 5, 0))  # 01:00 EDT
     assert first_pass.opens_at == utc(2027, 11, 7, 5, 30)  # the first 01:30
     # the clock goes back to 01:00, before `from`: the window closes at the jump and opens again at the second 01:30
