@@ -313,6 +313,8 @@ def _print_validation(spec: CampaignSpec, report: ValidationReport, out: TextIO)
     print(f"  valid       {report.valid:>{width}}", file=out)
     print(f"  invalid     {report.invalid:>{width}}", file=out)
     print(f"  duplicates  {report.duplicates:>{width}}", file=out)
+    if spec.suppress:
+        print(f"  suppressed  {report.suppressed:>{width}}", file=out)
     if report.skipped_lines:
         print(f"  skipped {report.skipped_lines} blank or separator-only line(s) (not rows)", file=out)
     for note in report.notes:

@@ -196,6 +196,12 @@ def format_summary(summary: RunSummary) -> str:
     counts = {labels.get(status, status): n for status, n in summary.counts.items()}
     width = max(len(k) for k in counts)
     lines += [f"  {status:<{width}}  {n}" for status, n in counts.items() if n]
+    if summary.counts.get("deferred") and not summary.dry_run:
+        opens = f" The next window opens at {summary.next_window_opens}." if summary.next_window_opens else ""
+        lines.append(
+            f"Deferred: {summary.counts['deferred']} row(s) are outside their sending hours (send.window).{opens} "
+            "Run again then (or use run --wait): rows already sent are not sent again"
+        )
     if summary.aborted_reason:
         lines.append(f"ABORTED: {summary.aborted_reason}")
     if summary.interrupted_by:

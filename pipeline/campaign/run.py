@@ -165,6 +165,9 @@ def run_campaign(
         # a suppression list that cannot be read stops the run here, before anything is sent; a test send goes to
         # the team's own numbers, and a rehearsal to nobody, whatever the hour
         guards = None if options.test_to else Guards.of(spec, options.clock(), hours=not options.server_dry_run)
+        if guards is not None and progress is not None:
+            for note in guards.notes():
+                progress.warn(note)
         base_url = stack.enter_context(api_endpoint(spec))
         # v3: every template exists, is approved and has its variables mapped - or nothing is sent (exit 2)
         templates = checked_templates(spec, base_url)

@@ -11,6 +11,7 @@ import polars as pl
 
 from pipeline import payload, results, source, validate
 from pipeline.campaign.endpoint import api_endpoint, checked_templates
+from pipeline.campaign.guards import Guards
 from pipeline.campaign.outcomes import empty_outcomes, final_outcomes
 from pipeline.campaign.prepare import input_files, prepared_batches
 from pipeline.outputs import Kind, Output, check_outputs
@@ -36,6 +37,7 @@ class ValidationReport:
     notes: list[str] = field(default_factory=list)  # about the input, e.g. unnamed columns left out
     template_check: str | None = None  # v3: what the template check found, or why it was not made
     warnings: list[str] = field(default_factory=list)  # e.g. mapped variables a template does not declare
+    suppressed: int = 0  # valid rows whose recipient is on a suppression list (`suppress`)
 
 
 class _ReasonTally:
@@ -64,19 +66,25 @@ def validate_campaign(spec: CampaignSpec, *, output: Path | None = None, offline
     there, unless `offline`."""
     if output is not None:
         check_outputs(input_files(spec), [Output("--output", output, Kind.RESULTS)])
+    # suppression lists are read first: one that cannot be read is an error here too; sending hours are `plan`'s
+    # business (a valid row is valid at any hour), but a zone that does not exist makes a row invalid
+    guards = Guards.of(spec)
     template_check, declared, warnings = _check_templates(spec, offline=offline)
+    if guards is not None:
+        warnings = [*warnings, *guards.notes()]
     writer = results.ResultsWriter(output, csv=results.CsvOptions.of(spec)) if output is not None else None
-    rows = valid = invalid = duplicates = 0
+    rows = valid = invalid = duplicates = suppressed = 0
     reasons = _ReasonTally()
     example: dict[str, Any] | None = None
     try:
         opened: list[source.ContactSource] = []
-        for batch in prepared_batches(spec, keys=False, opened=opened, declared=declared, bodies=1):
+        for batch in prepared_batches(spec, keys=False, opened=opened, declared=declared, bodies=1, guards=guards):
             rows += batch.frame.height
             valid += batch.payloads.height
             statuses = batch.checked[validate.STATUS]
             invalid += int((statuses == validate.INVALID).sum())
             duplicates += int((statuses == validate.DUPLICATE).sum())
+            suppressed += int((statuses == validate.SUPPRESSED).sum())
             reasons.add(batch.checked)
             if example is None and batch.payloads.height:
                 example = json.loads(batch.payloads[payload.BODY][0])
@@ -100,6 +108,7 @@ def validate_campaign(spec: CampaignSpec, *, output: Path | None = None, offline
         list(contacts.notes),
         template_check,
         warnings,
+        suppressed,
     )
 
 
