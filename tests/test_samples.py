@@ -155,3 +155,38 @@ def test_sample_validates_then_runs_against_the_sandbox_from_a_fresh_copy(sample
     assert again.returncode == 1, again.stderr
     assert f"Resumed: {sample.sent} row(s) already had an outcome" in again.stdout
     assert run_counts(sample) in again.stdout
+
+
+def test_plan_on_the_v3_sample_prints_its_summary(tmp_path: Path) -> None:
+    folder = copy_project(tmp_path)
+    done = pipeline(folder, "plan", "configs/campaign-v3.yaml")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("Plan for campaign order-shipped-v3-2026-11 (v3): ")
+    for line in ("rows              40", "valid             35", "invalid            4", "duplicates         1"):
+        assert f"\n  {line}\n" in done.stdout
+    assert "\n  messages to send  35\n  requests          35\n" in done.stdout
+    assert "Starter (60 requests/min) 35 s, Growth (300 requests/min) 7 s" in done.stdout
+    assert not (folder / "out").exists()  # a plan writes nothing
+
+
+def test_the_guarded_sample_suppresses_its_opt_outs_and_accounts_for_every_row(tmp_path: Path) -> None:
+    """What it sends now depends on the hour in each customer's zone; what is suppressed, invalid or a duplicate
+    does not, and every other row is either sent or deferred to its window."""
+    folder = copy_project(tmp_path)
+    done = pipeline(folder, "plan", "configs/campaign-v3-guarded.yaml", "--json")
+    assert done.returncode == 0, done.stderr
+    plan = json.loads(done.stdout)
+    assert (plan["rows"], plan["suppressed"], plan["invalid"], plan["duplicates"]) == (40, 2, 4, 1)
+    assert plan["messages"] == 33 == plan["send_now"] + plan["deferred_now"]
+    assert plan["max_messages"] == 100
+    assert plan["window"] == "09:00-20:00 mon-sat"
+
+    done = pipeline(folder, "run", "configs/campaign-v3-guarded.yaml", "--quiet")
+    table = pl.read_csv(folder / "out/order-shipped-v3-guarded-results.csv", infer_schema=False)
+    counts = dict(table.group_by("result_status").len().iter_rows())
+    assert counts.get("suppressed") == 2
+    assert counts.get("sent", 0) + counts.get("deferred", 0) == 33
+    suppressed = table.filter(pl.col("result_status") == "suppressed")
+    assert sorted(suppressed["result_to"]) == ["+12125550100", "+442079460958"]
+    assert set(suppressed["result_error"]) == {"on suppression list opt-outs.csv"}
+    assert done.returncode == 1, done.stderr  # the sample's invalid rows win over deferred ones (4)
