@@ -76,12 +76,10 @@ class Guards:
             return []
         from pipeline import window
 
-        return [
-            pl.col(ZONE_ERROR),
-            pl.when(pl.col(ZONE_ERROR).is_null() & pl.col(ZONES).list.len().fill_null(0).eq(0)).then(
-                pl.lit(window.UNKNOWN_REASON)
-            ),
-        ]
+        unknown = pl.col(ZONE_ERROR).is_null() & pl.col(ZONES).list.len().fill_null(0).eq(0)
+        if self.spec.api.version == "v3":
+            unknown = unknown & pl.col(payload.TO).is_not_null()  # a number that is not valid says so already
+        return [pl.col(ZONE_ERROR), pl.when(unknown).then(pl.lit(window.UNKNOWN_REASON))]
 
     def suppress(self, checked: pl.DataFrame) -> pl.DataFrame:
         """Rows to send whose recipient is on a list become `suppressed` (result_error names the list)."""
