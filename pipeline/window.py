@@ -234,10 +234,24 @@ def _matches(nsn: pl.Expr, desc: PhoneNumberDesc | None) -> pl.Expr:
     return nsn.str.len_chars().is_in(lengths) & hit if lengths else hit
 
 
+def _matches_any(nsn: pl.Expr, descs: list[PhoneNumberDesc | None]) -> list[pl.Expr]:
+    """`_matches` of any of `descs`, with one pattern per set of possible lengths rather than one per description:
+    each call's patterns are compiled again once polars' cache of 32 per thread is full, so fewer is faster."""
+    by_lengths: dict[tuple[int, ...], list[str]] = {}
+    for desc in descs:
+        if desc is not None and desc.national_number_pattern:
+            by_lengths.setdefault(tuple(desc.possible_length or ()), []).append(desc.national_number_pattern)
+    found = []
+    for lengths, patterns in by_lengths.items():
+        hit = nsn.str.contains(_regex("^(?:" + "|".join(f"(?:{p})" for p in patterns) + ")$"))
+        found.append(nsn.str.len_chars().is_in(list(lengths)) & hit if lengths else hit)
+    return found or [pl.lit(False)]
+
+
 def _use_in(metadata: PhoneMetadata, *, mobile_is_geographical: bool) -> pl.Expr:
     """What the type of a number of this region (`_number_type_helper`) says of its zones."""
     nsn = pl.col(_NSN)
-    other = pl.any_horizontal([_matches(nsn, getattr(metadata, name)) for name in _OTHER_TYPES])
+    other = pl.any_horizontal(_matches_any(nsn, [getattr(metadata, name) for name in _OTHER_TYPES]))
     # with identical fixed-line and mobile patterns a number that is either is "fixed line or mobile": geographical
     mobile = pl.lit(False) if metadata.same_mobile_and_fixed_line_pattern else _matches(nsn, metadata.mobile)
     return (
@@ -315,6 +329,7 @@ def row_zones(
     *,
     named: pl.Series | None = None,
     numbers: pl.Series | None = None,
+    number_zones: pl.Series | None = None,
     default_timezone: str | None = None,
 ) -> pl.DataFrame:
     """Each of `height` rows' zones, in order: `time_zones` (List[String], null when none is known) and
@@ -322,9 +337,12 @@ def row_zones(
 
     `named` is the text of `send.timezone` (a column, or the literal repeated), trimmed; a blank cell names no zone.
     Otherwise `numbers` (v3: E.164, null when invalid) gives the zones of the number, or `default_timezone` when it
-    is not known; without numbers (v1/v2) every row is in `default_timezone`. A zone name that does not exist is an
-    error of the row, never replaced by another zone: the row said where its person is."""
-    if numbers is not None:
+    is not known; without numbers (v1/v2) every row is in `default_timezone`. `number_zones`: the numbers' zones
+    found already (`zones_for_numbers` with the same default), instead of `numbers`. A zone name that does not exist
+    is an error of the row, never replaced by another zone: the row said where its person is."""
+    if number_zones is not None:
+        found = number_zones.alias(ZONES)
+    elif numbers is not None:
         found = zones_for_numbers(numbers, default_timezone=default_timezone)
     elif default_timezone is not None:
         found = pl.Series(ZONES, [[default_timezone]] * height, dtype=_ZONE_LIST)
@@ -532,15 +550,22 @@ def _clock_text(moment: datetime, *, with_date: bool) -> str:
     return f"{moment:%Y-%m-%d} {shown}" if with_date else shown
 
 
-def window_status(zones: pl.Series, window: WindowSpec, *, now: datetime) -> pl.DataFrame:
+def window_status(
+    zones: pl.Series, window: WindowSpec, *, now: datetime, cache: dict[str, Opening] | None = None
+) -> pl.DataFrame:
     """For each element of `zones` (List[String], null or empty when not known), in order: `window_open`,
     `window_opens_at`, `window_closes_at` (UTC) and `window_reason` (`deferred_reason`; null when open), as
-    `next_opening` says. Computed once per distinct set of zones and joined back."""
+    `next_opening` says. Computed once per distinct set of zones and joined back; `cache` keeps the openings for
+    the next call with the same `window` and `now` (a pass over the input calls once per batch)."""
     moment = _utc(now)
     keys = zones.cast(_ZONE_LIST).list.join(_SEPARATOR).fill_null("").alias(_KEY)
     clocks: dict[str, _Clock | None] = {}
+    known = cache if cache is not None else {}
     distinct = keys.unique().to_list()
-    openings = [_opening(tuple(key.split(_SEPARATOR)) if key else (), window, moment, clocks) for key in distinct]
+    for key in distinct:
+        if key not in known:
+            known[key] = _opening(tuple(key.split(_SEPARATOR)) if key else (), window, moment, clocks)
+    openings = [known[key] for key in distinct]
     when = pl.Datetime("us", "UTC")
     table = pl.DataFrame(
         {

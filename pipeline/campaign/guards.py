@@ -4,7 +4,7 @@ bulk, as of one moment (`now`) for the whole of a pass, so the sending pass and 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -16,6 +16,7 @@ from pipeline.spec import CampaignSpec
 
 if TYPE_CHECKING:
     from pipeline.suppress import Suppressions
+    from pipeline.window import Opening
 
 __all__ = ["CLOSES_AT", "DEFERRED_REASON", "OPENS_AT", "ZONES", "Guards"]
 
@@ -29,6 +30,8 @@ class Guards:
     now: datetime
     suppressed: Suppressions | None
     hours: bool
+    # each set of zones' opening as of `now`, kept across the batches of a pass (the sets repeat, the work is Python)
+    openings: dict[str, Opening] = field(default_factory=dict, compare=False)
 
     @classmethod
     def of(cls, spec: CampaignSpec, now: datetime | None = None, *, hours: bool = True) -> Guards | None:
@@ -44,11 +47,12 @@ class Guards:
 
     def at(self, now: datetime) -> Guards:
         """The same guards as of another moment (the suppression lists are not read again)."""
-        return replace(self, now=now)
+        return replace(self, now=now, openings={})
 
-    def zones(self, fields: pl.DataFrame, frame: pl.DataFrame) -> pl.DataFrame:
+    def zones(self, fields: pl.DataFrame, frame: pl.DataFrame, decided: pl.DataFrame | None = None) -> pl.DataFrame:
         """`fields` with each row's time zones and, for a zone a row names that does not exist, the reason
-        (`time_zones`, `time_zone_error`); unchanged without a window."""
+        (`time_zones`, `time_zone_error`); unchanged without a window. `decided`: the rows' numbers with their
+        zones, when found already (prepare.py finds them a span at a time)."""
         if not self.hours:
             return fields
         send = self.spec.send
@@ -62,10 +66,12 @@ class Guards:
             named = pl.Series("", [zone.value] * frame.height, dtype=pl.String)
         from pipeline import window  # only campaigns with sending hours load the zone data
 
+        known = decided[ZONES] if decided is not None and ZONES in decided.columns else None
         found = window.row_zones(
             fields.height,
             named=named,
-            numbers=fields[payload.TO] if payload.TO in fields.columns else None,
+            numbers=fields[payload.TO] if payload.TO in fields.columns and known is None else None,
+            number_zones=known,
             default_timezone=send.default_timezone,
         )
         return fields.with_columns(found)
@@ -104,7 +110,7 @@ class Guards:
         assert self.spec.send.window is not None
         from pipeline import window
 
-        status = window.window_status(checked[ZONES], self.spec.send.window, now=self.now)
+        status = window.window_status(checked[ZONES], self.spec.send.window, now=self.now, cache=self.openings)
         to_send = pl.col(validate.STATUS).is_null()
         return checked.with_columns(
             *(pl.when(to_send).then(status[name]).alias(name) for name in (DEFERRED_REASON, OPENS_AT, CLOSES_AT))

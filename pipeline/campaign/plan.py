@@ -207,17 +207,24 @@ def _warnings(plan: CampaignPlan, now: datetime, rate: float | None, zones: dict
     per_s = rate or PLAN_LIMITS["Starter"] / 60
     share = plan.requests / plan.messages if plan.messages else 1.0
     needed_s = plan.send_now * share / per_s
-    closing = [c for _, c in open_now if c is not None]
-    if closing:
-        first = min(closing)
-        left_s = (first - now).total_seconds()
-        if needed_s > left_s:
-            at = f"send.rate ({rate:g}/s)" if rate else "Sent.dm's Starter limit (60 requests/min: no send.rate)"
-            found.append(
-                f"at {at} the {plan.send_now:,} messages whose window is open now take about {_duration(needed_s)}, "
-                f"but the first window closes at {_iso(first)} (in {_duration(left_s)}): rows not sent by then are "
-                "deferred to their next window (a rerun, or run --wait, sends them)"
-            )
+    # rows go out in input order, so each zone's rows are spread over the whole send: the share of them still
+    # waiting when their window closes is the share of the send left at that moment
+    late = 0.0
+    first: datetime | None = None
+    for n, closes_at in open_now:
+        if closes_at is None:
+            continue
+        left_s = max((closes_at - now).total_seconds(), 0.0)
+        if left_s < needed_s:
+            late += n * (1 - left_s / needed_s)
+            first = closes_at if first is None else min(first, closes_at)
+    if first is not None and round(late):
+        at = f"send.rate ({rate:g}/s)" if rate else "Sent.dm's Starter limit (60 requests/min: no send.rate)"
+        found.append(
+            f"at {at} the {plan.send_now:,} messages whose window is open now take about {_duration(needed_s)}; "
+            f"windows close before then (the first at {_iso(first)}), so about {round(late):,} of them will wait "
+            "for their next window (a rerun, or run --wait, sends them)"
+        )
     return found
 
 

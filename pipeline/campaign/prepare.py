@@ -69,14 +69,14 @@ def prepared_batches(
     if opened is not None:  # the caller reads the skipped-line count and the notes after the pass
         opened.append(contacts)
     seen = validate.SeenKeys()
-    for frame, decided in _blocks_with_numbers(contacts, spec):
+    for frame, decided in _blocks_with_numbers(contacts, spec, zones=guards is not None and guards.hours):
         fields = payload.message_fields(frame, spec.message, generation, numbers=decided)
         if shard is not None:  # the shard follows from the key, so every row needs one
             fields = fields.with_columns(payload.idempotency_keys(fields[payload.CONTENT], campaign=spec.name))
             mine = fields.select(shard.selects(pl.col(payload.KEY))).to_series()
             frame, fields = frame.filter(mine), fields.filter(mine)
         if guards is not None:
-            fields = guards.zones(fields, frame)
+            fields = guards.zones(fields, frame, decided)
         checked = validate.check_rows(fields, spec.message, generation, guards.reasons() if guards else None)
         if guards is not None:
             checked = guards.defer(seen.mark_duplicates(guards.suppress(checked)))
@@ -141,10 +141,11 @@ _NUMBERS_SPAN_ROWS = 120_000
 
 
 def _blocks_with_numbers(
-    contacts: source.ContactSource, spec: CampaignSpec
+    contacts: source.ContactSource, spec: CampaignSpec, *, zones: bool = False
 ) -> Iterator[tuple[pl.DataFrame, pl.DataFrame | None]]:
-    """The input's blocks, each with its phone numbers decided (`e164`, `phone_error`) when the message reads them
-    from a column; the first block alone, so that the first request is not held back."""
+    """The input's blocks, each with its phone numbers decided (`e164`, `phone_error`, and with `zones` their time
+    zones, `time_zones`) when the message reads them from a column; the first block alone, so that the first
+    request is not held back."""
     to = spec.message.to
     if spec.api.version != "v3" or to is None or to.column is None:
         for frame in contacts.batches():
@@ -168,7 +169,13 @@ def _blocks_with_numbers(
         texts = pl.concat(
             [payload.as_text(frame.select(column), [column], rule=spec.message.value_text)[column] for frame in group]
         )
-        return group, phones.normalise_phones(texts, default_region=spec.message.default_region)
+        decided = phones.normalise_phones(texts, default_region=spec.message.default_region)
+        if zones:  # the numbers' zones cost a fixed part per call too: once per span, on this thread
+            from pipeline import window
+
+            found = window.zones_for_numbers(decided[phones.E164], default_timezone=spec.send.default_timezone)
+            decided = decided.with_columns(found.alias(ZONES))
+        return group, decided
 
     # The next span is read and its numbers decided on a thread of its own while this one's rows are checked:
     # polars lets go of the GIL, so the two keep both cores busy. A broken line is still reported only when its
