@@ -30,20 +30,24 @@ class Guards:
     now: datetime
     suppressed: Suppressions | None
     hours: bool
+    defers: bool = True  # False: zones are checked, but no row is held for its window (`validate`)
     # each set of zones' opening as of `now`, kept across the batches of a pass (the sets repeat, the work is Python)
     openings: dict[str, Opening] = field(default_factory=dict, compare=False)
 
     @classmethod
-    def of(cls, spec: CampaignSpec, now: datetime | None = None, *, hours: bool = True) -> Guards | None:
+    def of(
+        cls, spec: CampaignSpec, now: datetime | None = None, *, hours: bool = True, defers: bool = True
+    ) -> Guards | None:
         """The spec's guards, or None when it has none. Reads the suppression lists: one that cannot be read stops
-        the command here, before anything is sent (InputError). `hours=False` leaves the sending hours out."""
+        the command here, before anything is sent (InputError). `hours=False` leaves the sending hours out;
+        `defers=False` checks the rows' zones but holds no row back."""
         hours = hours and spec.send.window is not None
         if not spec.suppress and not hours:
             return None
         from pipeline import suppress  # only campaigns with lists read them
 
         lists = suppress.load_campaign_suppressions(spec) if spec.suppress else None
-        return cls(spec, now or datetime.now(UTC), lists, hours)
+        return cls(spec, now or datetime.now(UTC), lists, hours, defers)
 
     def at(self, now: datetime) -> Guards:
         """The same guards as of another moment (the suppression lists are not read again)."""
@@ -105,7 +109,7 @@ class Guards:
     def defer(self, checked: pl.DataFrame) -> pl.DataFrame:
         """Rows to send get `window_reason` (null while their window is open), `window_opens_at` and
         `window_closes_at`; without a window, nothing is added."""
-        if not self.hours:
+        if not self.hours or not self.defers:
             return checked
         assert self.spec.send.window is not None
         from pipeline import window

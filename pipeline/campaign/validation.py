@@ -68,7 +68,7 @@ def validate_campaign(spec: CampaignSpec, *, output: Path | None = None, offline
         check_outputs(input_files(spec), [Output("--output", output, Kind.RESULTS)])
     # suppression lists are read first: one that cannot be read is an error here too; sending hours are `plan`'s
     # business (a valid row is valid at any hour), but a zone that does not exist makes a row invalid
-    guards = Guards.of(spec)
+    guards = Guards.of(spec, defers=False)
     template_check, declared, warnings = _check_templates(spec, offline=offline)
     if guards is not None:
         warnings = [*warnings, *guards.notes()]
