@@ -4,13 +4,15 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import polars as pl
 import pytest
 
 from pipeline.sandbox import SandboxServer
-from tests.conftest import API_KEY, SENDER, contact_rows, spec_data
+from tests.conftest import API_KEY, SENDER, api_section, contact_rows, guid, spec_data, write_csv
 from tests.fault_server import FaultServer
 from tests.test_v3 import NUMBER, Cli, ScriptedV3, column, people, results_of, sends, v3_data, write_spec
 
@@ -105,3 +107,120 @@ def test_a_test_send_needs_v3_and_goes_alone(cli: Cli, tmp_path: Path) -> None:
         2,
         "error: --test-to goes alone: not with --dry-run, --server-dry-run, --shard or the retry command\n",
     )
+
+
+# === suppression lists =============================================================================================
+
+OPT_OUTS = "lists/opt-outs.csv"
+
+
+def write_list(folder: Path, name: str, rows: list[dict[str, str]]) -> Path:
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_csv(path, rows)
+
+
+def with_lists(data: dict[str, Any], *lists: object) -> dict[str, Any]:
+    return {**data, "suppress": list(lists)}
+
+
+def test_a_listed_number_written_another_way_is_suppressed_and_never_requested(cli: Cli, tmp_path: Path) -> None:
+    write_list(tmp_path, OPT_OUTS, [{"phone": "(415) 555-0123", "reason": "STOP"}])
+    rows = people("+1 415 555 0123", "+1 415 555 0124", "+44 20 7946 0958")
+    with FaultServer(ScriptedV3()) as server:
+        spec = write_spec(tmp_path, with_lists(v3_data(server.url), OPT_OUTS), rows)
+        code, out, err = cli("run", spec)
+    assert code == 0, err  # a suppressed row is no failure to send
+    assert sorted(r.json()["to"][0] for r in sends(server)) == ["+14155550124", "+442079460958"]
+    table = results_of(spec)
+    assert column(table, "result_status") == ["suppressed", "sent", "sent"]
+    assert column(table, "result_error") == ["on suppression list opt-outs.csv", None, None]
+    assert column(table, "result_to") == [NUMBER, "+14155550124", "+442079460958"]
+    assert column(table, "result_attempts") == ["0", "1", "1"]
+    assert re.search(r"^  suppressed +1$", out, re.MULTILINE), out
+
+
+def test_a_parquet_list_and_a_list_naming_its_column(cli: Cli, tmp_path: Path) -> None:
+    (tmp_path / "lists").mkdir()
+    # typed numbers, as a warehouse export holds them: read as the text the input's numbers would be
+    pl.DataFrame({"msisdn": [14155550124]}).write_parquet(tmp_path / "lists/bounced.parquet")
+    write_list(tmp_path, "lists/complaints.csv", [{"Mobile": "+44 (0)20 7946 0958"}])
+    rows = people(NUMBER, "415-555-0124", "+44 20 7946 0958", "+1 415 555 0125")
+    lists = [
+        {"path": "lists/bounced.parquet", "column": "msisdn"},
+        {"path": "lists/complaints.csv", "column": "Mobile"},
+    ]
+    with FaultServer(ScriptedV3()) as server:
+        spec = write_spec(tmp_path, with_lists(v3_data(server.url), *lists), rows)
+        code, _, err = cli("run", spec)
+    assert code == 0, err
+    assert sorted(r.json()["to"][0] for r in sends(server)) == [NUMBER, "+14155550125"]
+    table = results_of(spec)
+    assert column(table, "result_status") == ["sent", "suppressed", "suppressed", "sent"]
+    assert column(table, "result_error")[1:3] == [
+        "on suppression list bounced.parquet",
+        "on suppression list complaints.csv",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "make_list", "message"),
+    [
+        (OPT_OUTS, None, "suppression list (suppress[0]) not found"),
+        ("lists/opt-outs.parquet", lambda p: p.write_bytes(b"PAR1 not parquet"), "is not a readable Parquet file"),
+        (OPT_OUTS, lambda p: p.write_text("msisdn\n+14155550123\n"), "has no column 'phone'"),
+    ],
+    ids=["missing", "not-parquet", "no-column"],
+)
+def test_a_list_that_cannot_be_used_stops_the_run_before_any_request(
+    cli: Cli, tmp_path: Path, name: str, make_list: Callable[[Path], object] | None, message: str
+) -> None:
+    if make_list is not None:
+        (tmp_path / "lists").mkdir()
+        make_list(tmp_path / name)
+    with FaultServer(ScriptedV3()) as server:
+        spec = write_spec(tmp_path, with_lists(v3_data(server.url), name), people(NUMBER, "+1 415 555 0124"))
+        code, out, err = cli("run", spec)
+    assert code == 2, err
+    assert out == ""
+    assert err.startswith(f"error: {(tmp_path / name).resolve()}: "), err
+    assert message in err
+    assert server.requests == []  # not even the template check: the list is read first
+    assert list((tmp_path / "out").iterdir()) == []  # no results file, no state
+
+
+def test_v1_contact_ids_on_a_list_match_whatever_their_case(cli: Cli, tmp_path: Path) -> None:
+    rows = contact_rows(3)
+    write_list(tmp_path, OPT_OUTS, [{"contact_id": f"  {guid(2).upper()} "}])
+    with FaultServer() as server:  # answers every request 200: v1's success
+        data = with_lists(spec_data(api=api_section(server.url)), OPT_OUTS)
+        spec = write_spec(tmp_path, data, rows)
+        code, _, err = cli("run", spec)
+    assert code == 0, err
+    assert sorted(r.json()["contactId"] for r in sends(server)) == [guid(1), guid(3)]
+    table = results_of(spec)
+    assert column(table, "result_status") == ["sent", "suppressed", "sent"]
+    assert column(table, "result_error")[1] == "on suppression list opt-outs.csv"
+
+
+def test_validate_counts_the_suppressed_rows(cli: Cli, tmp_path: Path) -> None:
+    write_list(tmp_path, OPT_OUTS, [{"phone": "(415) 555-0123"}, {"phone": "+1 415 555 0124"}])
+    rows = people("+1 415 555 0123", "415.555.0124", "+1 415 555 0125", "12")
+    spec = write_spec(tmp_path, with_lists(v3_data(), OPT_OUTS), rows)
+    code, out, err = cli("validate", spec, "--offline")
+    assert code == 1, err  # row 4 is invalid
+    assert re.search(r"^  valid +1$", out, re.MULTILINE), out
+    assert re.search(r"^  invalid +1$", out, re.MULTILINE), out
+    assert re.search(r"^  suppressed +2$", out, re.MULTILINE), out
+
+
+def test_a_list_is_never_overwritten_by_the_results(cli: Cli, tmp_path: Path) -> None:
+    listed = write_list(tmp_path, "out/results.csv", [{"phone": NUMBER}])
+    before = listed.read_bytes()
+    with FaultServer(ScriptedV3()) as server:
+        spec = write_spec(tmp_path, with_lists(v3_data(server.url), "out/results.csv"), people("+1 415 555 0124"))
+        code, _, err = cli("run", spec)
+    assert code == 2, err
+    assert "output.results is the same file as suppress[0]" in err
+    assert server.requests == []
+    assert listed.read_bytes() == before
