@@ -224,3 +224,64 @@ def test_a_list_is_never_overwritten_by_the_results(cli: Cli, tmp_path: Path) ->
     assert "output.results is the same file as suppress[0]" in err
     assert server.requests == []
     assert listed.read_bytes() == before
+
+
+# === send caps =====================================================================================================
+
+
+FIVE = ("+1 415 555 0121", "+1 415 555 0122", "+1 415 555 0123", "+1 415 555 0124", "+1 415 555 0125")
+
+
+def test_a_run_over_the_cap_refuses_to_start_naming_the_count_and_the_cap(cli: Cli, tmp_path: Path) -> None:
+    with FaultServer(ScriptedV3()) as server:
+        spec = write_spec(tmp_path, v3_data(server.url, send={"max_messages": 3}), people(*FIVE))
+        code, out, err = cli("run", spec)
+        assert (code, out) == (2, "")
+        assert err == (
+            f"error: {spec}: this run would send 5 messages, more than send.max_messages (3); nothing was sent. "
+            f"Hint: check input.path ({tmp_path / 'customers.csv'}) is the file you meant; if it is, raise the cap "
+            "for this run with --max-messages 5\n"
+        )
+        assert sends(server) == []
+        assert not (tmp_path / "out" / "results.csv").exists()
+
+        code, _, err = cli("run", spec, "--max-messages", "4")
+        assert code == 2
+        assert "would send 5 messages, more than --max-messages (4)" in err
+        assert sends(server) == []
+
+        code, _, err = cli("run", spec, "--max-messages", "10")
+        assert code == 0, err
+        assert len(sends(server)) == 5
+    assert column(results_of(spec), "result_status") == ["sent"] * 5
+
+
+def test_suppressed_duplicate_and_invalid_rows_do_not_count_towards_the_cap(cli: Cli, tmp_path: Path) -> None:
+    write_list(tmp_path, OPT_OUTS, [{"phone": "415-555-0125"}])
+    rows = people(*FIVE[:3], "12", FIVE[4])
+    rows.append({**rows[0], "phone": "(415) 555-0121"})  # row 1 again, written another way
+    with FaultServer(ScriptedV3()) as server:
+        spec = write_spec(tmp_path, with_lists(v3_data(server.url, send={"max_messages": 3}), OPT_OUTS), rows)
+        code, _, err = cli("run", spec)
+    assert code == 1, err  # row 4 is invalid
+    assert "max" not in err
+    assert len(sends(server)) == 3
+    assert column(results_of(spec), "result_status") == ["sent", "sent", "sent", "invalid", "suppressed", "duplicate"]
+
+
+def test_rows_an_earlier_run_sent_do_not_count_on_a_rerun(cli: Cli, tmp_path: Path) -> None:
+    with FaultServer(ScriptedV3()) as server:
+        spec = write_spec(tmp_path, v3_data(server.url, send={"max_messages": 3}), people(*FIVE))
+        code, _, err = cli("run", spec, "--limit", "2", "--max-messages", "5")
+        assert code == 1, err  # three rows not attempted
+        assert len(sends(server)) == 2
+
+        code, _, err = cli("run", spec, "--max-messages", "2")
+        assert code == 2
+        assert "would send 3 messages, more than --max-messages (2)" in err
+        assert len(sends(server)) == 2
+
+        code, _, err = cli("run", spec)  # 3 left: within send.max_messages
+        assert code == 0, err
+        assert len(sends(server)) == 5
+    assert sorted(n for key, n in server.accepted_by_key.items() if key) == [1] * 5
