@@ -3,15 +3,20 @@
 
 from __future__ import annotations
 
+import fcntl
+import json
 import re
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pytest
 
+from pipeline.campaign.plan import format_plan, plan_campaign
 from pipeline.sandbox import SandboxServer
+from pipeline.spec import load_spec
 from tests.conftest import API_KEY, SENDER, api_section, contact_rows, guid, spec_data, write_csv
 from tests.fault_server import FaultServer
 from tests.test_v3 import NUMBER, Cli, ScriptedV3, column, people, results_of, sends, v3_data, write_spec
@@ -285,3 +290,168 @@ def test_rows_an_earlier_run_sent_do_not_count_on_a_rerun(cli: Cli, tmp_path: Pa
         assert code == 0, err
         assert len(sends(server)) == 5
     assert sorted(n for key, n in server.accepted_by_key.items() if key) == [1] * 5
+
+
+# === plan ==========================================================================================================
+
+ALL_DAY = {"window": {"from": "00:00", "to": "24:00"}}  # open whenever the test runs
+
+
+def plan_rows() -> list[dict[str, str]]:
+    """7 rows: 1 invalid, 1 duplicate (of row 1), 1 on the opt-out list, 4 to send."""
+    rows = people(*FIVE[:3], "12", FIVE[4], "+44 20 7946 0958")
+    rows.append({**rows[0], "phone": "(415) 555-0121"})
+    return rows
+
+
+def line(text: str, label: str, value: object, note: str = "") -> bool:
+    """Whether `text` has the line `label  value[  note]`, however wide the columns."""
+    tail = f"  {re.escape(note)}" if note else ""
+    return re.search(rf"^ +{label} +{value}{tail}$", text, re.MULTILINE) is not None
+
+
+def test_plan_says_what_a_run_would_do_and_sends_nothing(cli: Cli, tmp_path: Path) -> None:
+    write_list(tmp_path, OPT_OUTS, [{"phone": "415-555-0125"}])
+    with FaultServer(ScriptedV3()) as server:
+        data = with_lists(v3_data(server.url, send={**ALL_DAY, "rate": "2/s"}), OPT_OUTS)
+        spec = write_spec(tmp_path, data, plan_rows())
+        code, out, err = cli("plan", spec)
+    assert code == 0, err
+    assert out.startswith(f"Plan for campaign v3-campaign (v3): {tmp_path / 'customers.csv'}, as of "), out
+    for label, value in [
+        ("rows", 7),
+        ("valid", 4),
+        ("invalid", 1),
+        ("duplicates", 1),
+        ("suppressed", 1),
+        ("messages to send", 4),
+        ("requests", 4),
+    ]:
+        assert line(out, label, value), (label, out)
+    assert line(out, "now", 4, "(inside send.window 00:00-24:00 every day)"), out
+    assert line(out, "deferred now", 0, "(sent once their window opens)"), out
+    assert "Time at send.rate (2/s): 2 s" in out
+    assert "  at Sent.dm's plan limits: Starter (60 requests/min) 4 s, Growth (300 requests/min) 1 s" in out
+    assert "  3  America/Los_Angeles: open now" in out
+    assert "  1  Europe/London: open now" in out
+    assert "warning" not in out + err
+    assert server.requests == []  # no template check, no send
+    assert not (tmp_path / "out").exists()  # no state, no lock, no results
+
+
+def test_plan_as_json(cli: Cli, tmp_path: Path) -> None:
+    write_list(tmp_path, OPT_OUTS, [{"phone": "415-555-0125"}])
+    spec = write_spec(tmp_path, with_lists(v3_data(send=ALL_DAY), OPT_OUTS), plan_rows())
+    code, out, err = cli("plan", spec, "--json")
+    assert code == 0, err
+    plan = json.loads(out)
+    assert {key: plan[key] for key in ("rows", "valid", "invalid", "duplicates", "suppressed", "already_done")} == {
+        "rows": 7,
+        "valid": 4,
+        "invalid": 1,
+        "duplicates": 1,
+        "suppressed": 1,
+        "already_done": 0,
+    }
+    assert (plan["messages"], plan["send_now"], plan["deferred_now"], plan["requests"]) == (4, 4, 0, 4)
+    assert (plan["api_version"], plan["window"], plan["max_messages"]) == ("v3", "00:00-24:00 every day", None)
+    assert [(z["zones"], z["rows"], z["open_now"], z["reason"]) for z in plan["zones"]] == [
+        (["America/Los_Angeles"], 3, True, None),
+        (["Europe/London"], 1, True, None),
+    ]
+    assert plan["warnings"] == []
+
+
+def test_plan_counts_broadcast_requests(cli: Cli, tmp_path: Path) -> None:
+    literal = {
+        "variables": {"name": {"value": "friend"}, "order_id": {"value": "all"}, "carrier": {"value": "UPS"}},
+    }
+    numbers = [f"+1 415 555 01{i:02d}" for i in range(7)]
+    spec = write_spec(tmp_path, v3_data(message=literal, send={"batch_recipients": 3}), people(*numbers))
+    code, out, err = cli("plan", spec, "--json")
+    assert code == 0, err
+    plan = json.loads(out)
+    assert (plan["messages"], plan["requests"], plan["batch_recipients"]) == (7, 3, 3)
+    code, out, _ = cli("plan", spec)
+    assert line(out, "requests", 3, "(send.batch_recipients 3)"), out
+
+
+def test_plan_warns_about_a_cap_and_still_exits_0(cli: Cli, tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, v3_data(send={"max_messages": 3}), people(*FIVE))
+    code, out, err = cli("plan", spec)
+    assert code == 0, err
+    assert "  cap: 3 messages (EXCEEDED: a run refuses to start)" in out
+    assert out.endswith(
+        "\nwarning: 5 messages is more than the cap (3): a run would refuse to start (raise it for one run with "
+        "--max-messages 5)\n"
+    )
+    code, out, _ = cli("plan", spec, "--max-messages", "10")
+    assert code == 0
+    assert "  cap: 10 messages (within it)" in out
+    assert "warning" not in out
+
+
+def test_plan_of_a_v1_campaign(cli: Cli, tmp_path: Path) -> None:
+    rows = [*contact_rows(4), {"contact_id": "not-a-guid", "first_name": "X", "order_id": "1"}]
+    spec = write_spec(tmp_path, spec_data(api=api_section("sandbox")), rows)
+    code, out, err = cli("plan", spec)
+    assert code == 0, err
+    assert out.startswith("Plan for campaign test-campaign (v1): ")
+    assert line(out, "rows", 5)
+    assert line(out, "valid", 4)
+    assert line(out, "invalid", 1)
+    assert line(out, "messages to send", 4)
+    assert "send.window" not in out
+
+
+def test_plan_takes_no_lock_and_leaves_out_what_earlier_runs_sent(cli: Cli, tmp_path: Path) -> None:
+    with FaultServer(ScriptedV3()) as server:
+        spec = write_spec(tmp_path, v3_data(server.url), people(*FIVE))
+        code, _, err = cli("run", spec, "--limit", "2")
+        assert code == 1, err
+        lock = tmp_path / "out" / "v3-campaign.state.sqlite.lock"
+        with open(lock, "rb+") as held:
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a run going on elsewhere
+            code, _, err = cli("run", spec)
+            assert code == 2
+            assert "is already running" in err
+            code, out, err = cli("plan", spec, "--json")
+        assert code == 0, err
+        plan = json.loads(out)
+        assert (plan["rows"], plan["already_done"], plan["messages"], plan["requests"]) == (5, 2, 3, 3)
+        assert len(sends(server)) == 2
+
+
+def test_plan_as_of_a_moment_lists_each_zones_opening_and_warns_before_a_window_closes(tmp_path: Path) -> None:
+    write_list(tmp_path, OPT_OUTS, [{"phone": "+44 20 7946 0960"}])
+    rows = people("+1 212 555 1234", "+44 20 7946 0958", "+1 212 555 1235", "+44 20 7946 0959", "+44 20 7946 0960")
+    window = {"window": {"from": "09:00", "to": "20:00"}, "rate": "1/s"}
+    spec = load_spec(write_spec(tmp_path, with_lists(v3_data(send=window), OPT_OUTS), rows))[0]
+
+    # Tuesday 12:00 UTC: 12:00 in London, 07:00 in New York
+    plan = plan_campaign(spec, now=datetime(2026, 12, 1, 12, tzinfo=UTC))
+    assert (plan.messages, plan.send_now, plan.deferred_now, plan.suppressed) == (4, 2, 2, 1)
+    assert plan.now == "2026-12-01T12:00:00Z"
+    assert [(z.zones, z.rows, z.open_now, z.opens_at, z.closes_at, z.reason) for z in plan.zones] == [
+        (
+            ["America/New_York"],
+            2,
+            False,
+            "2026-12-01T14:00:00Z",
+            "2026-12-02T01:00:00Z",
+            "window opens 2026-12-01 14:00 UTC (09:00 America/New_York)",
+        ),
+        (["Europe/London"], 2, True, None, "2026-12-01T20:00:00Z", None),
+    ]
+    assert plan.warnings == []
+    text = format_plan(plan)
+    assert "\n  2  America/New_York: window opens 2026-12-01 14:00 UTC (09:00 America/New_York)\n" in text
+    assert "\n  2  Europe/London: open now" in text
+
+    # a second before London's window closes (14:59 in New York: open too), four messages at 1/s: some will wait
+    plan = plan_campaign(spec, now=datetime(2026, 12, 1, 19, 59, 59, tzinfo=UTC))
+    assert plan.warnings == [
+        "at send.rate (1/s) the 4 messages whose window is open now take about 4 s, but the first window closes at "
+        "2026-12-01T20:00:00Z (in 1 s): rows not sent by then are deferred to their next window (a rerun, or run "
+        "--wait, sends them)"
+    ]
