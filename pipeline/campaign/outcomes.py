@@ -74,7 +74,9 @@ def write_results(
             guards=guards,
         )
         for batch in batches:
-            recorded = store.lookup(batch.payloads[payload.KEY].to_list()) if store is not None else empty_outcomes()
+            # suppressed rows too: one an earlier run sent is reported sent
+            keys = batch.checked[payload.KEY].drop_nulls().to_list()
+            recorded = store.lookup(keys) if store is not None else empty_outcomes()
             table = final_outcomes(batch, recorded, not_sent_reason, rehearsal=options.server_dry_run)
             totals.add(table)
             writer.write(results.assemble_results(batch.frame, table))
@@ -175,6 +177,10 @@ def final_outcomes(
             pl.when(accepted).then(pl.lit(validate.VALID)).otherwise(pl.col("result_status")).alias("result_status")
         )
     merged = checked.join(delivered, on=payload.KEY, how="left", maintain_order="left")
+    # a row whose person was listed after an earlier run sent it (or may have: unknown) keeps that outcome; one that
+    # only failed is suppressed now, never to be sent
+    reached = (pl.col("check_status") == validate.SUPPRESSED) & pl.col("result_status").is_in([SENT, UNKNOWN])
+    merged = merged.with_columns(pl.when(reached).then(None).otherwise(pl.col("check_status")).alias("check_status"))
     unsent = NOT_ATTEMPTED if not_sent_reason is not None else validate.VALID
     # a row outside its sending hours that no earlier run sent waits for them
     waiting = pl.col(DEFERRED_REASON) if DEFERRED_REASON in merged.columns else pl.lit(None, dtype=pl.String)

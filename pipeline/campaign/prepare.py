@@ -38,8 +38,9 @@ class PreparedBatch:
     """One batch of input rows, checked, with the payloads of the rows to send."""
 
     frame: pl.DataFrame  # the input rows as read, with `result_row`
-    # result_row, result_status (invalid/duplicate/suppressed/null), result_error, idempotency_key[, to]; with a
-    # window, window_reason (null while open), window_opens_at and window_closes_at for the rows to send
+    # result_row, result_status (invalid/duplicate/suppressed/null), result_error, idempotency_key (rows to send and
+    # suppressed rows)[, to]; with a window, window_reason (null while open), window_opens_at and window_closes_at
+    # for the rows to send
     checked: pl.DataFrame
     # result_row, payload (JSON text), idempotency_key[, window_reason, window_opens_at] - rows to send, in input
     # order (deferred ones too: a row an earlier run sent is known by its key)
@@ -93,10 +94,16 @@ def prepared_batches(
         timing = [ZONES, DEFERRED_REASON, OPENS_AT, CLOSES_AT] if DEFERRED_REASON in checked.columns else []
         if timing:
             payloads = payloads.with_columns(to_send[DEFERRED_REASON], to_send[OPENS_AT])
+        known = payloads.select(payload.ROW, payload.KEY)
+        suppressed = checked.filter(pl.col(validate.STATUS) == validate.SUPPRESSED)
+        if keys and not rehearsal and suppressed.height:
+            # a row an earlier run sent before its person was listed is known by its key: its results say it was sent
+            suppressed_keys = payload.idempotency_keys(suppressed[payload.CONTENT], campaign=spec.name)
+            known = pl.concat([known, suppressed.select(payload.ROW).with_columns(suppressed_keys)])
         yield PreparedBatch(
             frame=frame,
             checked=checked.select(payload.ROW, validate.STATUS, validate.ERROR, *numbers, *timing).join(
-                payloads.select(payload.ROW, payload.KEY), on=payload.ROW, how="left", maintain_order="left"
+                known, on=payload.ROW, how="left", maintain_order="left"
             ),
             payloads=payloads.drop(numbers),
         )
