@@ -117,6 +117,7 @@ def test_a_test_send_needs_v3_and_goes_alone(cli: Cli, tmp_path: Path) -> None:
 # === suppression lists =============================================================================================
 
 OPT_OUTS = "lists/opt-outs.csv"
+FIVE = ("+1 415 555 0121", "+1 415 555 0122", "+1 415 555 0123", "+1 415 555 0124", "+1 415 555 0125")
 
 
 def write_list(folder: Path, name: str, rows: list[dict[str, str]]) -> Path:
@@ -208,6 +209,27 @@ def test_v1_contact_ids_on_a_list_match_whatever_their_case(cli: Cli, tmp_path: 
     assert column(table, "result_error")[1] == "on suppression list opt-outs.csv"
 
 
+def test_a_number_listed_after_an_earlier_run_sent_it_is_still_reported_sent(cli: Cli, tmp_path: Path) -> None:
+    # an opt-out that arrives mid-campaign (between the scheduled runs of a campaign with sending hours, say)
+    write_list(tmp_path, OPT_OUTS, [{"phone": "+1 415 555 0199"}])
+    with FaultServer(ScriptedV3()) as server:
+        spec = write_spec(tmp_path, with_lists(v3_data(server.url), OPT_OUTS), people(*FIVE[:3]))
+        code, _, err = cli("run", spec, "--limit", "2")
+        assert code == 1, err  # row 3 not attempted
+        first = results_of(spec)
+        write_list(tmp_path, OPT_OUTS, [{"phone": "(415) 555-0121"}, {"phone": "(415) 555-0123"}])
+        code, out, err = cli("run", spec)
+    assert code == 0, err
+    assert len(sends(server)) == 2  # nothing more: row 3's person is listed now
+    table = results_of(spec)
+    # row 1 was texted before its person was listed: the results still say so, with its message id
+    assert column(table, "result_status") == ["sent", "sent", "suppressed"]
+    assert column(table, "result_error") == [None, None, "on suppression list opt-outs.csv"]
+    assert column(table, "result_message_id")[:2] == column(first, "result_message_id")[:2]
+    assert re.search(r"^  sent +2$", out, re.MULTILINE), out
+    assert re.search(r"^  suppressed +1$", out, re.MULTILINE), out
+
+
 def test_validate_counts_the_suppressed_rows(cli: Cli, tmp_path: Path) -> None:
     write_list(tmp_path, OPT_OUTS, [{"phone": "(415) 555-0123"}, {"phone": "+1 415 555 0124"}])
     rows = people("+1 415 555 0123", "415.555.0124", "+1 415 555 0125", "12")
@@ -232,9 +254,6 @@ def test_a_list_is_never_overwritten_by_the_results(cli: Cli, tmp_path: Path) ->
 
 
 # === send caps =====================================================================================================
-
-
-FIVE = ("+1 415 555 0121", "+1 415 555 0122", "+1 415 555 0123", "+1 415 555 0124", "+1 415 555 0125")
 
 
 def test_a_run_over_the_cap_refuses_to_start_naming_the_count_and_the_cap(cli: Cli, tmp_path: Path) -> None:
