@@ -137,7 +137,8 @@ def _open_only(chosen: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
 def _deferred(waiting: pl.DataFrame) -> dict[str, Any]:
     if waiting.height == 0:
         return {}
-    return {"deferred": waiting.height, "next_opening": waiting[OPENS_AT].min()}
+    rows = waiting.select(payload.ROW, payload.BODY, payload.KEY, OPENS_AT)
+    return {"deferred": waiting.height, "next_opening": waiting[OPENS_AT].min(), "waiting": rows}
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,7 @@ class Selected:
     refused_left: int = 0  # retry: rows the server refused for good, not resent (no --include-permanent)
     deferred: int = 0  # outside their sending hours now: left for a later run (or `run --wait`)
     next_opening: datetime | None = None  # the first moment one of them may go (UTC)
+    waiting: pl.DataFrame | None = None  # those rows: result_row, payload, idempotency_key, window_opens_at
 
 
 def empty_outcomes() -> pl.DataFrame:

@@ -93,6 +93,8 @@ def plan_campaign(spec: CampaignSpec, *, now: datetime | None = None, max_messag
             counts["later"] += selected.deferred
             if broadcasts:
                 requests.add(chosen)
+                if selected.waiting is not None:
+                    requests.add(selected.waiting)
             if guards is not None and guards.hours:
                 _add_zones(zones, batch.checked, recorded)
     if not broadcasts:
@@ -102,7 +104,8 @@ def plan_campaign(spec: CampaignSpec, *, now: datetime | None = None, max_messag
 
 class _Requests:
     """How many requests the rows to send make: one each, or (broadcasts) one per group of up to N numbers with the
-    same message - across the whole input when every part of the message is a literal, else within each block."""
+    same message - across the whole input when every part of the message is a literal, else within each block.
+    Rows waiting for their window (`window_opens_at`) go out when it opens, with the rows that open then."""
 
     def __init__(self, spec: CampaignSpec) -> None:
         from pipeline.campaign.broadcast import Broadcasts
@@ -110,16 +113,17 @@ class _Requests:
         self.size = spec.send.batch_recipients
         self.across_blocks = Broadcasts(spec).across_blocks
         self.count = 0
-        self.open: Counter[str] = Counter()
+        self.open: Counter[tuple[str, str | None]] = Counter()
 
-    def add(self, chosen: pl.DataFrame) -> None:
+    def add(self, rows: pl.DataFrame) -> None:
         from pipeline.api.v3 import recipient_and_rest
 
         _, rest = recipient_and_rest(pl.col(payload.BODY))
-        groups = chosen.group_by(rest.alias("message")).len()
-        for message, n in groups.iter_rows():
+        opens = pl.col(OPENS_AT).cast(pl.String) if OPENS_AT in rows.columns else pl.lit(None, dtype=pl.String)
+        groups = rows.group_by(rest.alias("message"), opens.alias("opens")).len()
+        for message, opening, n in groups.iter_rows():
             if self.across_blocks:
-                self.open[message] += n
+                self.open[message, opening] += n
             else:
                 self.count += math.ceil(n / self.size)
 
