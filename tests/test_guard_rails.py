@@ -14,6 +14,7 @@ from typing import Any
 import polars as pl
 import pytest
 
+from pipeline.campaign import RunOptions, run_campaign
 from pipeline.campaign.plan import format_plan, plan_campaign
 from pipeline.sandbox import SandboxServer
 from pipeline.spec import load_spec
@@ -474,3 +475,26 @@ def test_plan_as_of_a_moment_lists_each_zones_opening_and_warns_before_a_window_
         "2026-12-01T20:00:00Z (in 1 s): rows not sent by then are deferred to their next window (a rerun, or run "
         "--wait, sends them)"
     ]
+
+
+def test_plan_counts_the_broadcast_requests_of_rows_waiting_for_their_window(tmp_path: Path) -> None:
+    literal = {
+        "variables": {"name": {"value": "friend"}, "order_id": {"value": "all"}, "carrier": {"value": "UPS"}},
+    }
+    numbers = [f"+1 212 555 01{i:02d}" for i in range(7)] + ["+44 20 7946 0958"]
+    send = {"batch_recipients": 3, "window": {"from": "09:00", "to": "20:00"}}
+    with FaultServer(ScriptedV3()) as server:
+        path = write_spec(tmp_path, v3_data(server.url, message=literal, send=send), people(*numbers))
+        spec = load_spec(path)[0]
+        noon, nine_in_new_york = datetime(2026, 12, 1, 12, tzinfo=UTC), datetime(2026, 12, 1, 14, tzinfo=UTC)
+
+        # 12:00 UTC: London's one number now, New York's seven in three requests of up to 3 once its window opens
+        plan = plan_campaign(spec, now=noon)
+        assert (plan.messages, plan.send_now, plan.deferred_now) == (8, 1, 7)
+        assert plan.requests == 4
+        assert plan.seconds_at_plan_limits == {"Starter": 4.0, "Growth": 0.8}
+
+        # what the runs then do
+        run_campaign(spec, RunOptions(clock=lambda: noon, handle_signals=False))
+        run_campaign(spec, RunOptions(clock=lambda: nine_in_new_york, handle_signals=False))
+    assert sorted(len(r.json()["to"]) for r in sends(server)) == [1, 1, 3, 3]
