@@ -22,7 +22,9 @@ from phonenumbers import timezone as phone_zones
 
 from pipeline.campaign import RunOptions, RunStart, RunSummary, run_campaign
 from pipeline.cli import _run_exit_code
+from pipeline.errors import UsageError
 from pipeline.spec import WEEKDAYS, load_spec
+from tests.conftest import api_section, contact_rows, guid, spec_data
 from tests.fault_server import FaultServer, Reply, Request
 from tests.test_v3 import Cli, ScriptedV3, accepted, column, people, results_of, sends, v3_data, write_spec
 
@@ -167,6 +169,34 @@ def test_a_toll_free_number_goes_only_when_its_window_is_open_in_all_its_zones(t
         code, _ = run_at(spec, opening)
         assert code == 0
         assert sent_numbers(server, since=1) == [TOLL_FREE[1]]
+
+
+def test_v1_rows_are_in_the_zone_they_name_or_the_default_one(tmp_path: Path) -> None:
+    rows = contact_rows(4)
+    for row, zone in zip(rows, ["Europe/London", "", "America/New_York", "Mars/Olympus_Mons"], strict=True):
+        row["tz"] = zone
+    send = {**NINE_TO_EIGHT, "timezone": {"column": "tz"}, "default_timezone": "Asia/Tokyo"}
+    with FaultServer() as server:  # answers every request 200: v1's success
+        spec = write_spec(tmp_path, spec_data(api=api_section(server.url), send=send), rows)
+        code, _ = run_at(spec, utc("2026-12-01", "12:00"))  # 12:00 in London, 21:00 in Tokyo, 07:00 in New York
+    assert code == 1  # row 4's zone does not exist: invalid, which wins over the deferred rows
+    assert [r.json()["contactId"] for r in sends(server)] == [guid(1)]
+    table = results_of(spec)
+    assert column(table, "result_status") == ["sent", "deferred", "deferred", "invalid"]
+    assert column(table, "result_error") == [
+        None,
+        "window opens 2026-12-02 00:00 UTC (09:00 Asia/Tokyo)",
+        "window opens 2026-12-01 14:00 UTC (09:00 America/New_York)",
+        "timezone: not an IANA time zone (column tz)",
+    ]
+
+
+def test_rows_waiting_for_their_window_count_towards_the_cap(tmp_path: Path) -> None:
+    with FaultServer(ScriptedV3()) as server:
+        spec = campaign(tmp_path, server.url, NEW_YORK, NEW_YORK_2, LONDON, max_messages=2)
+        with pytest.raises(UsageError, match=r"would send 3 messages, more than send\.max_messages \(2\)"):
+            run_at(spec, utc("2026-12-01", "12:00"))  # only London's row could go now
+    assert sends(server) == []
 
 
 # === run --wait ===================================================================================================
