@@ -1,5 +1,6 @@
 """Guard rails for texting real people, end to end through the CLI against real servers on 127.0.0.1: test sends
-(`run --test-to`), send caps, suppression lists, recipients' quiet hours and `plan`."""
+(`run --test-to`), suppression lists, send caps and `plan` (as of an injected moment through `plan_campaign`).
+Recipients' sending hours, which need an injected clock, are in test_quiet_hours.py."""
 
 from __future__ import annotations
 
