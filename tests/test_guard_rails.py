@@ -230,6 +230,11 @@ def test_a_number_listed_after_an_earlier_run_sent_it_is_still_reported_sent(cli
     assert column(table, "result_message_id")[:2] == column(first, "result_message_id")[:2]
     assert re.search(r"^  sent +2$", out, re.MULTILINE), out
     assert re.search(r"^  suppressed +1$", out, re.MULTILINE), out
+    # and a plan counts row 1 as done by an earlier run, not as suppressed
+    code, out, err = cli("plan", spec, "--json")
+    assert code == 0, err
+    plan = json.loads(out)
+    assert (plan["suppressed"], plan["already_done"], plan["messages"]) == (1, 2, 0)
 
 
 def test_validate_counts_the_suppressed_rows(cli: Cli, tmp_path: Path) -> None:
@@ -311,6 +316,19 @@ def test_rows_an_earlier_run_sent_do_not_count_on_a_rerun(cli: Cli, tmp_path: Pa
         assert code == 0, err
         assert len(sends(server)) == 5
     assert sorted(n for key, n in server.accepted_by_key.items() if key) == [1] * 5
+
+
+def test_a_smoke_test_within_the_cap_runs_whatever_the_file_holds(cli: Cli, tmp_path: Path) -> None:
+    """`--limit 2` sends at most 2 rows: the cap weighs what the run would send, not the whole file."""
+    with FaultServer(ScriptedV3()) as server:
+        spec = write_spec(tmp_path, v3_data(server.url, send={"max_messages": 3}), people(*FIVE))
+        code, _, err = cli("run", spec, "--limit", "2")
+        assert code == 1, err  # three rows not attempted
+        assert len(sends(server)) == 2
+
+        code, _, err = cli("run", spec, "--limit", "4")  # 3 left in the file, and 3 is the cap
+        assert code == 0, err
+        assert len(sends(server)) == 5
 
 
 # === plan ==========================================================================================================

@@ -19,6 +19,7 @@ from pipeline.campaign.options import RunOptions
 from pipeline.campaign.outcomes import empty_outcomes, select_rows
 from pipeline.campaign.prepare import prepared_batches
 from pipeline.campaign.run import state_path
+from pipeline.outcome import SENT, UNKNOWN
 from pipeline.spec import CampaignSpec
 from pipeline.state import StateStore
 
@@ -86,9 +87,16 @@ def plan_campaign(spec: CampaignSpec, *, now: datetime | None = None, max_messag
         for batch in prepared_batches(spec, keys=store is not None, bodies=None if broadcasts else 0, guards=guards):
             rows += batch.frame.height
             counts.update(s for s in batch.checked[validate.STATUS].to_list() if s is not None)
-            recorded = store.lookup(batch.payloads[payload.KEY].to_list()) if store is not None else empty_outcomes()
+            # suppressed rows' keys too: one an earlier run sent before its person was listed counts as done
+            keys = batch.checked[payload.KEY].drop_nulls().to_list()
+            recorded = store.lookup(keys) if store is not None else empty_outcomes()
             chosen, selected = select_rows(batch.payloads, recorded, options)
-            done += selected.skipped
+            earlier = recorded.select(payload.KEY, pl.col("result_status").alias("earlier"))
+            reached = batch.checked.join(earlier, on=payload.KEY, how="inner").filter(
+                (pl.col(validate.STATUS) == validate.SUPPRESSED) & pl.col("earlier").is_in([SENT, UNKNOWN])
+            )
+            counts[validate.SUPPRESSED] -= reached.height
+            done += selected.skipped + reached.height
             counts["now"] += chosen.height
             counts["later"] += selected.deferred
             if broadcasts:

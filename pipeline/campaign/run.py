@@ -403,8 +403,8 @@ def _iso(moment: datetime | None) -> str | None:
 def _check_cap(spec: CampaignSpec, options: RunOptions, store: StateStore | None, guards: Guards | None) -> None:
     """send.max_messages (or --max-messages): a run that would send more messages than the cap refuses to start -
     the guard against the wrong input file. Counted are the rows this run would send now or once their sending hours
-    open (valid, not duplicates, not suppressed, without an outcome from an earlier run): one pass over the input
-    before anything is sent."""
+    open (valid, not duplicates, not suppressed, without an outcome from an earlier run; at most --limit): one pass
+    over the input before anything is sent."""
     cap = options.max_messages if options.max_messages is not None else spec.send.max_messages
     if cap is None:
         return
@@ -413,6 +413,8 @@ def _check_cap(spec: CampaignSpec, options: RunOptions, store: StateStore | None
         recorded = store.lookup(batch.payloads[payload.KEY].to_list()) if store is not None else empty_outcomes()
         chosen, selected = select_rows(batch.payloads, recorded, options)
         count += chosen.height + selected.deferred
+    if options.limit is not None:  # --limit: a smoke test sends at most that many
+        count = min(count, options.limit)
     if count > cap:
         where = "--max-messages" if options.max_messages is not None else "send.max_messages"
         raise UsageError(
