@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -305,3 +306,37 @@ def test_a_run_outside_every_rows_window_exits_4(tmp_path: Path) -> None:
     for reason in column(table, "result_error"):
         # midnight in New York is 04:00 or 05:00 UTC, the same day
         assert re.fullmatch(r"window opens \d{4}-\d\d-\d\d 0[45]:00 UTC \(00:00 America/New_York\)", reason or "")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_run_wait_ends_the_wait_with_every_row_accounted_for(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    """`run --wait` sleeps until the next window opens; a signal then is the run's interrupt, never an escape: the
+    results file is written (every row deferred) and the exit code names the signal."""
+    today = datetime.now(ZoneInfo("America/New_York")).weekday()
+    days = ",".join(name for day, name in enumerate(WEEKDAYS) if day not in (today, (today + 1) % 7))
+    with FaultServer(ScriptedV3()) as server:
+        window = {"window": {"from": "00:00", "to": "24:00", "days": days}}
+        spec = write_spec(tmp_path, v3_data(server.url, send=window), people(NEW_YORK[0], NEW_YORK_2[0]))
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pipeline", "run", str(spec), "--quiet", "--wait"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert process.stderr is not None
+            waited = ""
+            while "waiting for the next window" not in waited:
+                line = process.stderr.readline()
+                assert line, f"the run ended before waiting: {waited}"
+                waited += line
+            process.send_signal(sig)
+            out, err = process.communicate(timeout=30)
+        finally:
+            process.kill()
+    assert process.returncode == (143 if sig == signal.SIGTERM else 130), err
+    assert sends(server) == []
+    assert column(results_of(spec), "result_status") == ["deferred", "deferred"]
+    assert f"INTERRUPTED by {sig.name}" in out

@@ -18,7 +18,12 @@ if TYPE_CHECKING:
     from pipeline.suppress import Suppressions
     from pipeline.window import Opening
 
-__all__ = ["CLOSES_AT", "DEFERRED_REASON", "OPENS_AT", "ZONES", "Guards"]
+__all__ = ["CLOSES_AT", "DEFERRED_REASON", "OPENS_AT", "ZONES", "Guards", "utc_text"]
+
+
+def utc_text(moment: datetime | None) -> str | None:
+    """`2026-12-04T14:00:00Z`: a moment as the summaries and plans show it."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if moment is not None else None
 
 
 @dataclass(frozen=True)

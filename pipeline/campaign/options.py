@@ -68,4 +68,4 @@ class RunOptions:
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)  # "now" for sending hours; tests move it
     # how `wait` sleeps (seconds) until the next window opens; None: a sleep that a signal ends; tests pass one
     # that moves their clock
-    sleep: Callable[[float], None] | None = None
+    sleep: Callable[[float], object] | None = None

@@ -14,7 +14,7 @@ from typing import Any
 import polars as pl
 
 from pipeline import payload, validate
-from pipeline.campaign.guards import CLOSES_AT, DEFERRED_REASON, OPENS_AT, ZONES, Guards
+from pipeline.campaign.guards import CLOSES_AT, DEFERRED_REASON, OPENS_AT, ZONES, Guards, utc_text
 from pipeline.campaign.options import RunOptions
 from pipeline.campaign.outcomes import empty_outcomes, select_rows
 from pipeline.campaign.prepare import prepared_batches
@@ -170,8 +170,8 @@ def _plan(
             zones=key.split("|") if key else [],
             rows=n,
             open_now=reason is None,
-            opens_at=_iso(opens_at),
-            closes_at=_iso(closes_at),
+            opens_at=utc_text(opens_at),
+            closes_at=utc_text(closes_at),
             reason=reason,
         )
         for key, (n, opens_at, closes_at, reason) in listed[:_SHOWN_ZONE_SETS]
@@ -182,7 +182,7 @@ def _plan(
         campaign=spec.name,
         input=str(spec.input.path),
         api_version=spec.api.version,
-        now=_iso(now) or "",
+        now=utc_text(now) or "",
         rows=rows,
         valid=rows - counts[validate.INVALID] - counts[validate.DUPLICATE] - counts[validate.SUPPRESSED],
         invalid=counts[validate.INVALID],
@@ -234,7 +234,7 @@ def _warnings(plan: CampaignPlan, now: datetime, rate: float | None, zones: dict
         at = f"send.rate ({rate:g}/s)" if rate else "Sent.dm's Starter limit (60 requests/min: no send.rate)"
         found.append(
             f"at {at} the {plan.send_now:,} messages whose window is open now take about {_duration(needed_s)}; "
-            f"windows close before then (the first at {_iso(first)}), so about {round(late):,} of them will wait "
+            f"windows close before then (the first at {utc_text(first)}), so about {round(late):,} of them will wait "
             "for their next window (a rerun, or run --wait, sends them)"
         )
     return found
@@ -246,10 +246,6 @@ def _duration(seconds: float) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if moment is not None else None
 
 
 def format_plan(plan: CampaignPlan) -> str:

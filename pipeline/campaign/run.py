@@ -7,22 +7,24 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
 from pipeline import api, payload, results, source, validate
+from pipeline.campaign.caps import check_cap
 from pipeline.campaign.endpoint import api_endpoint, checked_templates
-from pipeline.campaign.guards import Guards
+from pipeline.campaign.guards import Guards, utc_text
 from pipeline.campaign.options import ProgressSink, RunOptions
-from pipeline.campaign.outcomes import Totals, empty_outcomes, final_outcomes, select_rows, write_results
-from pipeline.campaign.prepare import input_files, prepared_batches
+from pipeline.campaign.outcomes import Totals, final_outcomes, write_results
+from pipeline.campaign.prepare import input_files
 from pipeline.campaign.sending import Tally, rows_to_send, send_rows
 from pipeline.campaign.test_send import TestSend, choose_test_rows, parse_test_numbers
+from pipeline.campaign.waiting import wait_for_window
 from pipeline.errors import InputError, UsageError
 from pipeline.merge import manifest_path, write_shard_manifest
 from pipeline.outcome import FAILED, NOT_ATTEMPTED, SENT, UNKNOWN
@@ -143,7 +145,7 @@ def run_campaign(
             # rows an earlier run settled would not be sent again: say so, without taking the campaign's lock
             state = state_path(spec)
             store = stack.enter_context(StateStore(state, spec.name, read_only=True)) if state.exists() else None
-            _check_cap(spec, options, store, guards)
+            check_cap(spec, options, store, guards)
             totals = write_results(spec, options, path, store, None, after_sending=False, guards=guards)
         return _summarise(
             spec, totals, Tally(None), RunControl(), options, path, None, (0, 0), 0.0, started, guards=guards
@@ -182,7 +184,7 @@ def run_campaign(
         if test_numbers:
             recovered = 0
         else:
-            _check_cap(spec, options, store, guards)
+            check_cap(spec, options, store, guards)
             recovered = store.recover_in_flight(resend=spec.retry_ambiguous, resend_window_s=window)
         tally = Tally(progress)
         control = RunControl()
@@ -202,7 +204,7 @@ def run_campaign(
                 break
             if tally.input_error is not None or (options.limit is not None and tally.attempted >= options.limit):
                 break
-            if not _wait_for_window(tally.next_opening, tally.deferred, options, control, progress):
+            if not wait_for_window(tally.next_opening, tally.deferred, options, control, progress):
                 break
             guards = guards.at(options.clock())
         send_wall_s = time.monotonic() - send_started
@@ -390,80 +392,10 @@ def _summarise(
         server_dry_run=options.server_dry_run,
         test_send=bool(options.test_to),
         template_check=template_check,
-        next_window_opens=_iso(next_opening) if counts.get(validate.DEFERRED) else None,
+        next_window_opens=utc_text(next_opening) if counts.get(validate.DEFERRED) else None,
         aborted_reason=control.abort_reason,
         interrupted_by=signal_name,
     )
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if moment is not None else None
-
-
-def _check_cap(spec: CampaignSpec, options: RunOptions, store: StateStore | None, guards: Guards | None) -> None:
-    """send.max_messages (or --max-messages): a run that would send more messages than the cap refuses to start -
-    the guard against the wrong input file. Counted are the rows this run would send now or once their sending hours
-    open (valid, not duplicates, not suppressed, without an outcome from an earlier run; at most --limit): one pass
-    over the input before anything is sent."""
-    cap = options.max_messages if options.max_messages is not None else spec.send.max_messages
-    if cap is None:
-        return
-    count = 0
-    for batch in prepared_batches(spec, options.shard, keys=store is not None, bodies=0, guards=guards):
-        recorded = store.lookup(batch.payloads[payload.KEY].to_list()) if store is not None else empty_outcomes()
-        chosen, selected = select_rows(batch.payloads, recorded, options)
-        count += chosen.height + selected.deferred
-    if options.limit is not None:  # --limit: a smoke test sends at most that many
-        count = min(count, options.limit)
-    if count > cap:
-        where = "--max-messages" if options.max_messages is not None else "send.max_messages"
-        raise UsageError(
-            f"{spec.spec_path}: this run would send {count:,} messages, more than {where} ({cap:,}); nothing was "
-            f"sent. Hint: check input.path ({spec.input.path}) is the file you meant; if it is, raise the cap for "
-            f"this run with --max-messages {count}"
-        )
-
-
-def _wait_for_window(
-    opening: datetime, deferred: int, options: RunOptions, control: RunControl, progress: ProgressSink | None
-) -> bool:
-    """`run --wait`: sleep (holding the campaign's lock) until `opening`; False when a signal ends the wait."""
-    if progress is not None:
-        progress.notice(
-            f"{deferred:,} row(s) outside their sending hours; waiting for the next window to open at "
-            f"{_iso(opening)} (Ctrl-C stops; a rerun goes on where this one stopped)"
-        )
-    sleep = options.sleep or _interruptible_sleep(control, options.handle_signals)
-    while not control.stopping:
-        left = (opening - options.clock()).total_seconds()
-        if left <= 0:
-            return True
-        sleep(min(left, 60.0))
-    return False
-
-
-def _interruptible_sleep(control: RunControl, handle_signals: bool) -> Callable[[float], None]:
-    """A sleep that SIGINT/SIGTERM end at once, noting the signal as an interrupt of the run."""
-    woken = threading.Event()
-
-    def sleep(seconds: float) -> None:
-        if not handle_signals or threading.current_thread() is not threading.main_thread():
-            woken.wait(seconds)
-            return
-
-        def note(signum: int, _frame: object) -> None:
-            control.interrupt_signal = control.interrupt_signal or signum
-            control.stop()
-            woken.set()
-
-        previous = {s: signal.signal(s, note) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            woken.wait(seconds)
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
-
-    return sleep
 
 
 def _quantile(values: pl.Series, q: float) -> float | None:
