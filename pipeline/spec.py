@@ -30,6 +30,7 @@ from pydantic import (
 )
 
 from pipeline.errors import SpecError
+from pipeline.state_location import PostgresState, is_postgres_url
 
 GUID_PATTERN = r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$"
 URL_PATTERN = r"^https?://[^\s/?#]+[^\s]*$"
@@ -491,10 +492,23 @@ _CSV_OPTIONS = ("csv_separator", "csv_bom", "csv_formula_guard")
 
 class OutputSpec(_Strict):
     results: Path
-    state: Path | None = None  # default: CAMPAIGN.state.sqlite beside the results file
+    # a path (SQLite; default: CAMPAIGN.state.sqlite beside the results file) or a postgresql:// URL
+    state: Path | PostgresState | None = None
     csv_separator: str | None = None  # default: input.separator
     csv_bom: bool = False
     csv_formula_guard: bool = True
+
+    @field_validator("state", mode="before")
+    @classmethod
+    def _state_location(cls, value: object) -> object:
+        if isinstance(value, str) and "://" in value:
+            if not is_postgres_url(value):
+                # the text is not repeated: a URL may carry a password
+                raise ValueError(
+                    "must be a path (a SQLite file) or a postgresql:// URL; no other URL scheme is supported"
+                )
+            return PostgresState(value)
+        return value
 
     @field_validator("results")
     @classmethod
@@ -778,6 +792,12 @@ def load_spec(
     if not offline:
         _require_credentials(spec_path, spec.api, refs, env)
     base = spec_path.resolve().parent
+    state = spec.output.state
+    if isinstance(state, PostgresState) and state.has_password:
+        warnings.append(
+            f"{spec_path}: output.state has a password in its URL (shown as ***). Secrets belong in the environment: "
+            "remove it from the URL and set PGPASSWORD, or put it in ~/.pgpass."
+        )
     ca_bundle = spec.api.ca_bundle
     if ca_bundle is not None:
         ca_bundle = (base / ca_bundle).resolve()
@@ -793,7 +813,7 @@ def load_spec(
             "output": spec.output.model_copy(
                 update={
                     "results": (base / spec.output.results).resolve(),
-                    "state": (base / spec.output.state).resolve() if spec.output.state is not None else None,
+                    "state": (base / state).resolve() if isinstance(state, Path) else state,
                 }
             ),
         }

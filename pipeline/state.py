@@ -1,7 +1,11 @@
 """Durable per-campaign delivery state: what happened to each message, kept across runs and crashes, so a rerun
 never sends again what the server acknowledged.
 
-One SQLite database per campaign (WAL mode), keyed by each row's idempotency key, which is derived from the
+`StateStore` is the one interface; this module holds it, the SQLite store (one database file per campaign, WAL
+mode) and `GroupCommitter`, which works on either store. pipeline/state_pg.py is the PostgreSQL store (several
+campaigns in one database); `open_state` picks by what `output.state` names (pipeline/state_location.py).
+
+Rows are keyed by each row's idempotency key, which is derived from the
 campaign name and the row's content: rows can move, be added or change between runs and still be recognised. A row is
 marked `in_flight` - and that mark is committed - before its request goes out; its outcome replaces the mark after.
 A row found `in_flight` when a run starts belonged to a process that died with the request on the wire: it may have
@@ -10,12 +14,13 @@ same key; on v3 only within 23 hours of its first attempt, as the server keeps k
 members are kept with their marks, so that exactly that request can be resent.
 
 Marks and outcomes are group-committed: workers that are about to send wait together for one transaction, so
-durability costs one commit per batch rather than one per row. A file lock keeps two processes from running the
-same campaign at once.
+durability costs one commit per batch rather than one per row. A lock (a file lock beside a SQLite state, an
+advisory lock in PostgreSQL) keeps two processes from running the same campaign (or shard) at once.
 """
 
 from __future__ import annotations
 
+import abc
 import fcntl
 import os
 import sqlite3
@@ -30,12 +35,13 @@ import polars as pl
 
 from pipeline.errors import CampaignBusy, OutputError
 from pipeline.results import RESULT_SCHEMA
+from pipeline.state_location import PostgresState, StateLocation
 
 SCHEMA_VERSION = "1"
 IN_FLIGHT = "in_flight"
 PENDING = "pending"
-_LOST_IN_FLIGHT = "the process stopped while this request was in flight; it may have been delivered"
-_KEY_TOO_OLD = (
+LOST_IN_FLIGHT = "the process stopped while this request was in flight; it may have been delivered"
+KEY_TOO_OLD = (
     "first sent more than {hours} hours ago and its answer was lost; the server keeps an Idempotency-Key 24 hours, "
     "so a resend could no longer be recognised as one - not resent (it may have been delivered)"
 )
@@ -76,19 +82,26 @@ def state_path_for(results_path: Path, campaign: str) -> Path:
     return results_path.parent / f"{campaign}.state.sqlite"
 
 
-class StateStore:
-    """The campaign's database and its lock. Use as a context manager; one instance per process."""
+Outcome = tuple[Any, ...]  # (key, status, verdict, http_status, message_id, error, attempts, sent_at, latency_ms)
 
-    def __init__(
-        self, path: Path, campaign: str, *, read_only: bool = False, clock: Callable[[], float] = time.time
-    ) -> None:
-        self.path = path
+
+class StateStore(abc.ABC):
+    """A campaign's state and its lock: SQLite (`SqliteStore`) or PostgreSQL (`pipeline.state_pg.PostgresStore`),
+    with the same guarantees. Use as a context manager; one instance per process. Make one with `open_state`."""
+
+    # what a failed write raises: GroupCommitter turns it into StateWriteError, and nothing more is sent
+    write_errors: tuple[type[Exception], ...] = ()
+
+    def __init__(self, campaign: str, *, read_only: bool = False, clock: Callable[[], float] = time.time) -> None:
         self.campaign = campaign
         self.clock = clock  # Unix seconds; tests move it to age rows
         # read-only: to look outcomes up without taking the lock (a dry run beside a live run); writes fail
         self.read_only = read_only
-        self._lock_fd: int | None = None
-        self._db: sqlite3.Connection | None = None
+
+    @property
+    @abc.abstractmethod
+    def location(self) -> str:
+        """Where the state is, as printed: a path, or a URL without its password."""
 
     def __enter__(self) -> StateStore:
         self.open()
@@ -96,6 +109,92 @@ class StateStore:
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
+
+    @abc.abstractmethod
+    def open(self) -> None:
+        """Open (creating or migrating the tables) and take the lock, unless read-only; CampaignBusy when another
+        live process holds it, OutputError when the state cannot be opened."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Close, releasing the lock."""
+
+    @abc.abstractmethod
+    def recover_in_flight(self, *, resend: bool, resend_window_s: float | None = None) -> int:
+        """Settle rows a dead process left in flight: `unknown`, or `pending` (to send again) when `resend`.
+
+        With `resend_window_s` (where the server keeps Idempotency-Keys for a while), a row first sent longer ago
+        than that is never sent again automatically - neither now nor when an earlier recovery left it pending:
+        it becomes `unknown`, saying why. Returns how many rows were in flight."""
+
+    @abc.abstractmethod
+    def pending_requests(self) -> list[PendingRequest]:
+        """Broadcast requests whose members are all still waiting to be resent (an earlier run died with them in
+        flight), each with its body, to be sent again exactly as before."""
+
+    @abc.abstractmethod
+    def lookup(self, keys: Sequence[str]) -> pl.DataFrame:
+        """The recorded rows among `keys`: OUTCOME_COLUMNS (status as recorded)."""
+
+    @abc.abstractmethod
+    def commit(
+        self, in_flight: Iterable[str], outcomes: Iterable[Outcome], requests: Sequence[InFlightRequest] = ()
+    ) -> None:
+        """One transaction: mark `in_flight` keys and the members of broadcast `requests` (with their bodies), then
+        record outcomes (key, status, verdict, http_status, message_id, error, attempts, sent_at, latency_ms)."""
+
+
+def open_state(
+    location: StateLocation, campaign: str, *, read_only: bool = False, clock: Callable[[], float] = time.time
+) -> StateStore:
+    """The store for `location` (not yet open: use it as a context manager)."""
+    if isinstance(location, PostgresState):
+        # imported here: a SQLite campaign never loads the PostgreSQL driver
+        from pipeline.state_pg import PostgresStore
+
+        return PostgresStore(location, campaign, read_only=read_only, clock=clock)
+    return SqliteStore(location, campaign, read_only=read_only, clock=clock)
+
+
+def state_exists(location: StateLocation, campaign: str) -> bool:
+    """Whether an earlier run left a state there (read without taking its lock)."""
+    if isinstance(location, PostgresState):
+        from pipeline.state_pg import postgres_state_exists
+
+        return postgres_state_exists(location, campaign)
+    return location.exists()
+
+
+def shard_counts(location: StateLocation, campaign: str) -> set[int]:
+    """The shard counts earlier runs of the campaign used, as their states show (1: unsharded)."""
+    if isinstance(location, PostgresState):
+        from pipeline.state_pg import postgres_shard_counts
+
+        return postgres_shard_counts(location, campaign)
+    found: set[int] = set()
+    if location.exists():
+        found.add(1)
+    for other in location.parent.glob(f"{location.stem}.shard-*-of-*{location.suffix}"):
+        found.add(int(other.stem.rsplit("-of-", 1)[1]))
+    return found
+
+
+class SqliteStore(StateStore):
+    """The state in a SQLite file (WAL mode), locked by a file lock beside it."""
+
+    write_errors = (sqlite3.Error,)
+
+    def __init__(
+        self, path: Path, campaign: str, *, read_only: bool = False, clock: Callable[[], float] = time.time
+    ) -> None:
+        super().__init__(campaign, read_only=read_only, clock=clock)
+        self.path = path
+        self._lock_fd: int | None = None
+        self._db: sqlite3.Connection | None = None
+
+    @property
+    def location(self) -> str:
+        return str(self.path)
 
     def open(self) -> None:
         if self.read_only:
@@ -178,11 +277,6 @@ class StateStore:
     # --- reading ---------------------------------------------------------------------------------------------------
 
     def recover_in_flight(self, *, resend: bool, resend_window_s: float | None = None) -> int:
-        """Settle rows a dead process left in flight: `unknown`, or `pending` (to send again) when `resend`.
-
-        With `resend_window_s` (where the server keeps Idempotency-Keys for a while), a row first sent longer ago
-        than that is never sent again automatically - neither now nor when an earlier recovery left it pending:
-        it becomes `unknown`, saying why. Returns how many rows were in flight."""
         now = self.clock()
         with self._transaction() as db:
             # counted first: rows too old to resend are in flight too, and their count is what the summary reports
@@ -192,7 +286,7 @@ class StateStore:
                     "UPDATE messages SET status = 'unknown', verdict = 'ambiguous', error = ?, updated_at = ? "
                     "WHERE status IN (?, ?) AND COALESCE(first_attempt_at, updated_at) < ?",
                     (
-                        _KEY_TOO_OLD.format(hours=f"{resend_window_s / 3600:.3g}"),
+                        KEY_TOO_OLD.format(hours=f"{resend_window_s / 3600:.3g}"),
                         now,
                         IN_FLIGHT,
                         PENDING,
@@ -205,7 +299,7 @@ class StateStore:
                 db.execute(
                     "UPDATE messages SET status = 'unknown', verdict = 'ambiguous', error = ?, updated_at = ? "
                     "WHERE status = ?",
-                    (_LOST_IN_FLIGHT, now, IN_FLIGHT),
+                    (LOST_IN_FLIGHT, now, IN_FLIGHT),
                 )
             db.execute(
                 "DELETE FROM requests WHERE request_key NOT IN (SELECT request_key FROM messages "
@@ -215,8 +309,6 @@ class StateStore:
         return int(in_flight)
 
     def pending_requests(self) -> list[PendingRequest]:
-        """Broadcast requests whose members are all still waiting to be resent (an earlier run died with them in
-        flight), each with its body, to be sent again exactly as before."""
         rows = self.db.execute(
             "SELECT m.request_key, r.body, m.idempotency_key, m.recipient FROM messages AS m "
             "JOIN requests AS r USING (request_key) WHERE m.status = ? ORDER BY m.request_key",
@@ -229,7 +321,6 @@ class StateStore:
         return list(grouped.values())
 
     def lookup(self, keys: Sequence[str]) -> pl.DataFrame:
-        """The recorded rows among `keys`: idempotency_key and the result columns (status as recorded)."""
         db = self.db
         db.execute("CREATE TEMP TABLE IF NOT EXISTS wanted (idempotency_key TEXT PRIMARY KEY) WITHOUT ROWID")
         with self._transaction():
@@ -246,11 +337,9 @@ class StateStore:
     def commit(
         self,
         in_flight: Iterable[str],
-        outcomes: Iterable[tuple[Any, ...]],
+        outcomes: Iterable[Outcome],
         requests: Sequence[InFlightRequest] = (),
     ) -> None:
-        """One transaction: mark `in_flight` keys and the members of broadcast `requests` (with their bodies), then
-        record outcomes (key, status, verdict, http_status, message_id, error, attempts, sent_at, latency_ms)."""
         now = self.clock()
         with self._transaction() as db:
             # a row sent again keeps the time of its first attempt: its key's age counts from then
@@ -332,7 +421,7 @@ class GroupCommitter:
         self._store = store
         self._in_flight: list[str] = []
         self._requests: list[InFlightRequest] = []
-        self._outcomes: list[tuple[Any, ...]] = []
+        self._outcomes: list[Outcome] = []
         self._wake = anyio.Event()
         self._committed = anyio.Event()
         self.error: str | None = None
@@ -351,7 +440,7 @@ class GroupCommitter:
         if self.error is not None:
             raise StateWriteError(self.error)
 
-    def record(self, outcome: tuple[Any, ...]) -> None:
+    def record(self, outcome: Outcome) -> None:
         self._outcomes.append(outcome)
         self._wake.set()
 
@@ -378,6 +467,6 @@ class GroupCommitter:
         if (in_flight or requests or outcomes) and self.error is None:
             try:
                 self._store.commit(in_flight, outcomes, requests)
-            except sqlite3.Error as exc:
-                self.error = f"cannot write the campaign state {self._store.path}: {exc}"
+            except self._store.write_errors as exc:
+                self.error = f"cannot write the campaign state {self._store.location}: {exc}"
         committed.set()

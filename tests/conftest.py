@@ -4,14 +4,19 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable, Sequence
+import itertools
+import os
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import yaml
 
 from pipeline.cli import main
+from pipeline.state_location import PostgresState, StateLocation
+from tests.postgres_server import OPT_OUT, PostgresMissing, find_bin, running_postgres
 
 TEMPLATE = "7ba7b820-9dad-11d1-80b4-00c04fd430c8"
 SENDER = "6ba7b810-9dad-11d1-80b4-00c04fd430c8"
@@ -106,3 +111,43 @@ def credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     """The environment variables a spec's `${SENT_DM_SENDER_ID}` and `${SENT_DM_API_KEY}` read."""
     monkeypatch.setenv("SENT_DM_SENDER_ID", SENDER)
     monkeypatch.setenv("SENT_DM_API_KEY", API_KEY)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """The URL of a PostgreSQL server started for the session (see tests/postgres_server.py)."""
+    try:
+        find_bin()
+    except PostgresMissing as exc:
+        if os.environ.get(OPT_OUT) == "1":
+            pytest.skip(str(exc))
+        pytest.fail(str(exc))
+    with running_postgres() as url:
+        yield url
+
+
+_DATABASES = itertools.count()
+
+
+@pytest.fixture
+def new_database(postgres_server: str) -> Callable[[], str]:
+    """Makes an empty database on the session's server and returns its URL: every test starts from no tables."""
+
+    def make() -> str:
+        name = f"test_{next(_DATABASES)}"
+        with psycopg.connect(postgres_server, autocommit=True) as db:
+            db.execute(f'CREATE DATABASE "{name}"'.encode())
+        return f"{postgres_server.rsplit('/', 1)[0]}/{name}"
+
+    return make
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def new_state(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], StateLocation]:
+    """Makes a fresh, empty state location: a SQLite file, or (second run of the test) a PostgreSQL database."""
+    count = itertools.count()
+    if request.param == "sqlite":
+        return lambda: tmp_path / f"state-{next(count)}.sqlite"
+    # asked for only here, so the SQLite variants run without the server
+    make_database: Callable[[], str] = request.getfixturevalue("new_database")
+    return lambda: PostgresState(make_database())

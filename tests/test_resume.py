@@ -18,7 +18,7 @@ import pytest
 
 from pipeline.campaign import prepare_campaign
 from pipeline.spec import load_spec
-from pipeline.state import StateStore
+from pipeline.state import open_state
 from tests.conftest import api_section, contact_rows, write_csv
 from tests.fault_server import Fault, FaultServer, Reply, Request, chaos
 
@@ -180,7 +180,7 @@ def test_a_second_ctrl_c_stops_at_once_and_in_flight_rows_are_unknown(
 def test_two_runs_of_one_campaign_cannot_overlap(cli: Cli, make_campaign: MakeCampaign, server: FaultServer) -> None:
     spec = make_spec(make_campaign, server.url, 3)
     state = spec.parent / "out" / "test-campaign.state.sqlite"
-    with StateStore(state, "test-campaign"):
+    with open_state(state, "test-campaign"):
         code, out, err = cli("run", spec)
     assert (code, out) == (2, "")
     assert err == (
@@ -212,14 +212,14 @@ def test_in_flight_rows_are_resent_after_a_crash_only_with_retry_ambiguous(
 ) -> None:
     spec = make_spec(make_campaign, server.url, 2)
     key = prepare_campaign(load_spec(spec)[0]).payloads["idempotency_key"][0]
-    with StateStore(spec.parent / "out" / "test-campaign.state.sqlite", "test-campaign") as store:
+    with open_state(spec.parent / "out" / "test-campaign.state.sqlite", "test-campaign") as store:
         store.commit([key], [])  # as a killed process would leave it
     assert cli("run", spec)[0] == 1
     assert results(spec)["result_status"].to_list() == ["unknown", "sent"]
     assert len(server.requests) == 1
 
     spec = make_spec(make_campaign, server.url, 2, retry_ambiguous=True)
-    with StateStore(spec.parent / "out" / "test-campaign.state.sqlite", "test-campaign") as store:
+    with open_state(spec.parent / "out" / "test-campaign.state.sqlite", "test-campaign") as store:
         store.commit([key], [])
     code, out, _ = cli("run", spec)
     assert code == 0

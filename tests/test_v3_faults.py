@@ -26,7 +26,8 @@ from pipeline.campaign import prepare_campaign
 from pipeline.sandbox import SandboxServer
 from pipeline.send import KEY_RESEND_WINDOW_S
 from pipeline.spec import load_spec
-from pipeline.state import StateStore
+from pipeline.state import StateStore, open_state
+from pipeline.state_location import StateLocation
 from tests.conftest import API_KEY, FakeClock, api_section, contact_rows, write_csv
 from tests.fault_proxy import Fate, FaultProxy, drop_after_answer
 from tests.fault_server import Request
@@ -327,7 +328,7 @@ def test_a_resumed_row_whose_first_request_is_still_being_processed_is_unknown_n
         payloads = prepare_campaign(load_spec(spec)[0]).payloads
         key, body = payloads["idempotency_key"][0], payloads["payload"][0]
         # what a run killed with this request on the wire leaves: the server has it, the state says in flight
-        with StateStore(state_file(spec), CAMPAIGN) as store:
+        with open_state(state_file(spec), CAMPAIGN) as store:
             store.commit([key], [])
         headers = {"x-api-key": API_KEY, "content-type": "application/json", "idempotency-key": key}
         assert httpx.post(f"{sandbox.url}/v3/messages", content=body, headers=headers).status_code == 202
@@ -343,7 +344,12 @@ def test_a_resumed_row_whose_first_request_is_still_being_processed_is_unknown_n
     assert accepted == {number(0): 1}
 
 
-def test_recover_in_flight_resends_only_rows_first_sent_within_the_window(tmp_path: Path) -> None:
+KEY_STATUS_ERROR = ("idempotency_key", "result_status", "result_error")
+
+
+def test_recover_in_flight_resends_only_rows_first_sent_within_the_window(
+    new_state: Callable[[], StateLocation],
+) -> None:
     clock = FakeClock()
     now = clock.now = 1_800_000_000.0
 
@@ -352,8 +358,8 @@ def test_recover_in_flight_resends_only_rows_first_sent_within_the_window(tmp_pa
         store.commit([key], [])
 
     def statuses(store: StateStore) -> dict[str, tuple[str, str | None]]:
-        rows = store.db.execute("SELECT idempotency_key, status, error FROM messages").fetchall()
-        return {key: (status, error) for key, status, error in rows}
+        found = store.lookup(["pending", "resent", "young", "old"])
+        return {key: (status, error) for key, status, error in found.select(KEY_STATUS_ERROR).iter_rows()}
 
     def fill(store: StateStore) -> None:
         # first sent 30 hours ago, recovered and in flight again an hour ago: its key's age counts from the first
@@ -365,7 +371,7 @@ def test_recover_in_flight_resends_only_rows_first_sent_within_the_window(tmp_pa
         mark(store, "old", hours_ago=23.02)
         clock.now = now
 
-    with StateStore(tmp_path / "v3.sqlite", "c", clock=clock) as store:
+    with open_state(new_state(), "c", clock=clock) as store:
         # first sent 23.5 hours ago, left `pending` by a recovery 23 hours ago whose run then died before sending
         # it: too old by now
         mark(store, "pending", hours_ago=23.5)
@@ -385,13 +391,13 @@ def test_recover_in_flight_resends_only_rows_first_sent_within_the_window(tmp_pa
             assert "the server keeps an Idempotency-Key 24 hours" in error
 
     # v1 keeps no keys: no window, the age of a row changes nothing
-    with StateStore(tmp_path / "v1.sqlite", "c", clock=clock) as store:
+    with open_state(new_state(), "c", clock=clock) as store:
         fill(store)
         assert store.recover_in_flight(resend=True, resend_window_s=None) == 3
         assert {key: status for key, (status, _) in statuses(store).items()} == dict.fromkeys(
             ("young", "old", "resent"), "pending"
         )
-    with StateStore(tmp_path / "v1-default.sqlite", "c", clock=clock) as store:
+    with open_state(new_state(), "c", clock=clock) as store:
         fill(store)
         assert store.recover_in_flight(resend=False) == 3
         found = statuses(store)

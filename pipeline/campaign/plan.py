@@ -21,7 +21,7 @@ from pipeline.campaign.prepare import prepared_batches
 from pipeline.campaign.run import state_path
 from pipeline.outcome import SENT, UNKNOWN
 from pipeline.spec import CampaignSpec
-from pipeline.state import StateStore
+from pipeline.state import open_state, state_exists
 
 # Sent.dm's documented request limits per plan (requests a minute, per account)
 PLAN_LIMITS = {"Starter": 60.0, "Growth": 300.0}
@@ -82,7 +82,11 @@ def plan_campaign(spec: CampaignSpec, *, now: datetime | None = None, max_messag
     rows = done = 0
     with contextlib.ExitStack() as stack:
         state = state_path(spec)
-        store = stack.enter_context(StateStore(state, spec.name, read_only=True)) if state.exists() else None
+        store = (
+            stack.enter_context(open_state(state, spec.name, read_only=True))
+            if state_exists(state, spec.name)
+            else None
+        )
         broadcasts = spec.send.batch_recipients > 1
         for batch in prepared_batches(spec, keys=store is not None, bodies=None if broadcasts else 0, guards=guards):
             rows += batch.frame.height

@@ -32,7 +32,8 @@ from pipeline.outputs import Kind, Output, check_outputs, dry_run_path, server_d
 from pipeline.send import KEY_RESEND_WINDOW_S, RunControl
 from pipeline.shard import Shard
 from pipeline.spec import CampaignSpec
-from pipeline.state import StateStore, state_path_for
+from pipeline.state import StateStore, open_state, shard_counts, state_exists, state_path_for
+from pipeline.state_location import PostgresState, StateLocation, shard_location
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,8 @@ class RunSummary:
         return asdict(self)
 
 
-def state_path(spec: CampaignSpec) -> Path:
+def state_path(spec: CampaignSpec) -> StateLocation:
+    """Where the campaign's state is: output.state (a SQLite file or a PostgreSQL URL) or the default file."""
     return spec.output.state or state_path_for(spec.output.results, spec.name)
 
 
@@ -84,23 +86,22 @@ def shard_spec(spec: CampaignSpec, shard: Shard) -> CampaignSpec:
     check_shard_layout(state, spec.name, shard)
     rate = spec.send.rate_per_s
     send = spec.send if rate is None else spec.send.model_copy(update={"rate": f"{rate / shard.count:.6f}/s"})
-    output = spec.output.model_copy(update={"results": shard.path(spec.output.results), "state": shard.path(state)})
+    output = spec.output.model_copy(
+        update={"results": shard.path(spec.output.results), "state": shard_location(state, shard)}
+    )
     return spec.model_copy(update={"output": output, "send": send})
 
 
-def check_shard_layout(state: Path, campaign: str, shard: Shard | None) -> None:
+def check_shard_layout(state: StateLocation, campaign: str, shard: Shard | None) -> None:
     """Refuse to run with a different shard count than earlier runs of the campaign: rows would move to shards whose
     state does not know them, and be sent again."""
-    found: set[int] = set()
-    if state.exists():
-        found.add(1)
-    for other in state.parent.glob(f"{state.stem}.shard-*-of-*{state.suffix}"):
-        found.add(int(other.stem.rsplit("-of-", 1)[1]))
+    found = shard_counts(state, campaign)
     count = shard.count if shard is not None else 1
     if found - {count}:
+        where = state if isinstance(state, PostgresState) else state.parent
         earlier = ", ".join("no shards" if n == 1 else f"{n} shards" for n in sorted(found))
         raise UsageError(
-            f"campaign {campaign!r} was run before with {earlier} (state in {state.parent}); running it now with "
+            f"campaign {campaign!r} was run before with {earlier} (state in {where}); running it now with "
             f"{'no shards' if count == 1 else f'{count} shards'} would send rows again. Hint: keep the shard count, "
             "or give the campaign a new name."
         )
@@ -144,7 +145,11 @@ def run_campaign(
         with contextlib.ExitStack() as stack:
             # rows an earlier run settled would not be sent again: say so, without taking the campaign's lock
             state = state_path(spec)
-            store = stack.enter_context(StateStore(state, spec.name, read_only=True)) if state.exists() else None
+            store = (
+                stack.enter_context(open_state(state, spec.name, read_only=True))
+                if state_exists(state, spec.name)
+                else None
+            )
             check_cap(spec, options, store, guards)
             totals = write_results(spec, options, path, store, None, after_sending=False, guards=guards)
         return _summarise(
@@ -176,7 +181,7 @@ def run_campaign(
         if templates is not None and progress is not None:
             for warning in templates.warnings:
                 progress.warn(warning)
-        store = stack.enter_context(StateStore(state_path(spec), spec.name))
+        store = stack.enter_context(open_state(state_path(spec), spec.name))
         # where the server keeps keys (v3: 24 h), a row is resent with its key only while the server knows it: its
         # retries too (up to send.max_retry_s) must end within 23 hours of its first attempt
         keeps_keys = api.generation(spec.api.version).keeps_keys
@@ -302,9 +307,12 @@ def _run_outputs(spec: CampaignSpec, options: RunOptions) -> list[Output]:
             Output(
                 "output.results" if options.shard is None else "the shard's results", spec.output.results, Kind.RESULTS
             ),
-            Output("output.state" if options.shard is None else "the shard's state", state, Kind.STATE),
-            Output("the state's lock file", state.with_name(state.name + ".lock"), Kind.OWN),
         ]
+        if isinstance(state, Path):  # a PostgreSQL state is no file, and its lock lives in the database
+            outputs += [
+                Output("output.state" if options.shard is None else "the shard's state", state, Kind.STATE),
+                Output("the state's lock file", state.with_name(state.name + ".lock"), Kind.OWN),
+            ]
         if options.shard is not None:
             outputs.append(Output("the shard manifest", manifest_path(spec.output.results), Kind.OWN))
     if options.summary_json is not None:
@@ -343,7 +351,7 @@ def _summarise(
     control: RunControl,
     options: RunOptions,
     results_path: Path,
-    state_file: Path | None,
+    state_file: StateLocation | None,
     skipped_recovered: tuple[int, int],
     send_wall_s: float,
     started: float,
