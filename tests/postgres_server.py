@@ -19,6 +19,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import psycopg
+
 OPT_OUT = "SENTDM_TESTS_WITHOUT_POSTGRES"
 USER = "sentdm"
 
@@ -81,3 +83,15 @@ def running_postgres(*, settings: Sequence[str] = ("fsync=off", "full_page_write
             check=False,
         )
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def wait_until_session_gone(url: str, pid: int) -> None:
+    """The server ends a dead client's session once it reads the closed socket: wait for that, not for a time."""
+    with psycopg.connect(url, autocommit=True) as db:
+        name = f"sentdm-batch pid {pid} %"
+        for _ in range(1000):
+            row = db.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE %s", (name,)).fetchone()
+            if row is not None and row[0] == 0:
+                return
+            db.execute("SELECT pg_sleep(0.01)")
+    raise AssertionError("the killed holder's session never ended")

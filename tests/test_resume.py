@@ -19,8 +19,10 @@ import pytest
 from pipeline.campaign import prepare_campaign
 from pipeline.spec import load_spec
 from pipeline.state import open_state
+from pipeline.state_location import PostgresState
 from tests.conftest import api_section, contact_rows, write_csv
 from tests.fault_server import Fault, FaultServer, Reply, Request, chaos
+from tests.postgres_server import wait_until_session_gone
 
 Cli = Callable[..., tuple[int, str, str]]
 MakeCampaign = Callable[..., Path]
@@ -54,12 +56,21 @@ def server() -> Iterator[FaultServer]:
         yield running
 
 
-def make_spec(make_campaign: MakeCampaign, url: str, rows: int, **send: object) -> Path:
+def make_spec(make_campaign: MakeCampaign, url: str, rows: int, *, state: str | None = None, **send: object) -> Path:
     return make_campaign(
         contact_rows(rows),
         api=api_section(url, timeout_s=5),
         send={"concurrency": 4, "backoff_s": 0, **send},
+        output={"results": "out/results.csv", **({"state": state} if state else {})},
     )
+
+
+def state_in(store: str, request: pytest.FixtureRequest) -> str | None:
+    """output.state for a test run against `store`: None (the default SQLite file) or a new PostgreSQL database."""
+    if store == "sqlite":
+        return None
+    make_database: Callable[[], str] = request.getfixturevalue("new_database")
+    return make_database()
 
 
 def start_run(spec: Path, *extra: str) -> subprocess.Popen[str]:
@@ -82,14 +93,19 @@ def assert_each_row_once(table: pl.DataFrame, rows: int) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kill_after", [1, 40, 150])
+@pytest.mark.parametrize(("kill_after", "store"), [(1, "sqlite"), (40, "sqlite"), (150, "sqlite"), (40, "postgresql")])
 def test_kill_9_then_rerun_loses_no_row_and_resends_nothing_acknowledged(
-    cli: Cli, make_campaign: MakeCampaign, server: FaultServer, kill_after: int
+    cli: Cli,
+    make_campaign: MakeCampaign,
+    server: FaultServer,
+    kill_after: int,
+    store: str,
+    request: pytest.FixtureRequest,
 ) -> None:
     rows = 200
     script = CountingScript(kill_after, Reply(200, delay_s=0.02))
     server.script = script
-    spec = make_spec(make_campaign, server.url, rows)
+    spec = make_spec(make_campaign, server.url, rows, state=state_in(store, request))
     process = start_run(spec)
     try:
         assert script.reached.wait(timeout=30), "the run never reached the kill point"
@@ -191,10 +207,89 @@ def test_two_runs_of_one_campaign_cannot_overlap(cli: Cli, make_campaign: MakeCa
     assert cli("run", spec)[0] == 0
 
 
-def test_changed_input_sends_new_and_changed_rows_and_skips_sent_ones(
-    cli: Cli, make_campaign: MakeCampaign, server: FaultServer
+def test_two_runs_of_one_campaign_cannot_overlap_with_the_state_in_postgresql(
+    cli: Cli, make_campaign: MakeCampaign, server: FaultServer, new_database: Callable[[], str]
 ) -> None:
-    spec = make_spec(make_campaign, server.url, 3)
+    url = new_database()
+    spec = make_spec(make_campaign, server.url, 3, state=url)
+    with open_state(PostgresState(url), "test-campaign"):
+        code, out, err = cli("run", spec)
+    assert (code, out) == (2, "")
+    assert err.startswith(f"error: campaign 'test-campaign' is already running (pid {os.getpid()} on ")
+    assert f"advisory lock on 'test-campaign' in {url})" in err
+    assert server.requests == []
+    assert cli("run", spec)[0] == 0
+
+
+def test_a_second_worker_on_a_shard_in_postgresql_is_refused_and_a_retry_after_kill_9_resends_nothing(
+    cli: Cli, make_campaign: MakeCampaign, server: FaultServer, new_database: Callable[[], str]
+) -> None:
+    """Airflow's story: a shard's worker hangs mid-send, a second worker for the same shard must not send too; the
+    first is killed, and its retry (another process, the same database) takes the lock the dead session held."""
+    url = new_database()
+    script = CountingScript(4, Fault.HANG)  # every request hangs: the first worker holds the lock while it waits
+    server.script = script
+    spec = make_campaign(
+        contact_rows(40),
+        api=api_section(server.url, timeout_s=120),
+        send={"concurrency": 4, "backoff_s": 0},
+        output={"results": "out/results.csv", "state": url},
+    )
+    first = start_run(spec, "--shard", "0/2")
+    try:
+        assert script.reached.wait(timeout=30), "the first worker never sent"
+        second = start_run(spec, "--shard", "0/2")
+        _, err = second.communicate(timeout=60)
+        assert second.returncode == 2, err
+        assert "error: campaign 'test-campaign' is already running (pid " in err
+        assert len(server.requests) == 4  # the second sent nothing
+        first.send_signal(signal.SIGKILL)
+    finally:
+        first.communicate(timeout=30)
+    wait_until_session_gone(url, first.pid)
+
+    script.reply = Reply(200)
+    code, out, err = cli("run", spec, "--shard", "0/2")
+    assert code == 1, err  # the 4 rows on the wire at the kill are unknown (v1 never resends them)
+    assert "4 row(s) were in flight when an earlier run stopped" in out
+    assert_no_message_sent_twice(server)
+    shard = pl.read_csv(spec.parent / "out" / "results.shard-0-of-2.csv", infer_schema=False)
+    assert dict(shard.group_by("result_status").len().iter_rows()) == {"sent": shard.height - 4, "unknown": 4}
+
+
+def test_a_postgresql_state_keeps_the_shard_count_it_started_with(
+    cli: Cli, make_campaign: MakeCampaign, server: FaultServer, new_database: Callable[[], str]
+) -> None:
+    url = new_database()
+    spec = make_spec(make_campaign, server.url, 6, state=url)
+    assert cli("run", spec, "--shard", "0/2")[0] == 0
+    code, _, err = cli("run", spec)
+    assert code == 2
+    assert f"campaign 'test-campaign' was run before with 2 shards (state in {url}); running it now with" in err
+    assert cli("run", spec, "--shard", "1/2")[0] == 0
+    assert cli("merge", spec)[0] == 0
+    assert sorted(r.json()["contactId"] for r in server.requests) == sorted(r["contact_id"] for r in contact_rows(6))
+
+
+def test_a_password_in_the_state_url_is_masked_everywhere_and_warned_about(
+    cli: Cli, make_campaign: MakeCampaign, server: FaultServer, new_database: Callable[[], str]
+) -> None:
+    url = new_database().replace("sentdm@", "sentdm:s3cret-pw@")  # the test server trusts; the password is unused
+    spec = make_spec(make_campaign, server.url, 3, state=url)
+    summary = spec.parent / "summary.json"
+    code, out, err = cli("run", spec, "--summary-json", summary)
+    assert code == 0, err
+    assert "output.state has a password in its URL (shown as ***)" in err
+    assert "State: postgresql://sentdm:***@127.0.0.1:" in out
+    for text in (out, err, summary.read_text()):
+        assert "s3cret-pw" not in text
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_changed_input_sends_new_and_changed_rows_and_skips_sent_ones(
+    cli: Cli, make_campaign: MakeCampaign, server: FaultServer, store: str, request: pytest.FixtureRequest
+) -> None:
+    spec = make_spec(make_campaign, server.url, 3, state=state_in(store, request))
     assert cli("run", spec)[0] == 0
     rows = contact_rows(5)
     rows[1]["first_name"] = "Changed"
