@@ -91,6 +91,10 @@ class StateStore(abc.ABC):
 
     # what a failed write raises: GroupCommitter turns it into StateWriteError, and nothing more is sent
     write_errors: tuple[type[Exception], ...] = ()
+    # a commit that waits on a server (PostgreSQL: a round trip and the server's fsync, about a millisecond or more)
+    # runs in a worker thread, so workers keep sending - and gather into the next, bigger batch - meanwhile; a
+    # local SQLite commit is cheaper than the hop to a thread
+    commits_in_thread: bool = False
 
     def __init__(self, campaign: str, *, read_only: bool = False, clock: Callable[[], float] = time.time) -> None:
         self.campaign = campaign
@@ -455,18 +459,42 @@ class GroupCommitter:
                 await anyio.sleep(0)
                 if len(self._in_flight) + len(self._requests) + len(self._outcomes) == pending:
                     break
-            self.flush()
+            batch = self._take()
+            try:
+                if self._store.commits_in_thread:
+                    # not abandoned on cancel: the task ends only once the transaction has, so flush() never
+                    # writes beside it
+                    await anyio.to_thread.run_sync(self._write, batch)
+                else:
+                    self._write(batch)
+            finally:
+                batch.committed.set()
             # let the woken workers send before the next commit, so marks gather into batches
             await anyio.sleep(0)
 
     def flush(self) -> None:
-        in_flight, self._in_flight = self._in_flight, []
-        requests, self._requests = self._requests, []
-        outcomes, self._outcomes = self._outcomes, []
-        committed, self._committed = self._committed, anyio.Event()
-        if (in_flight or requests or outcomes) and self.error is None:
+        batch = self._take()
+        self._write(batch)
+        batch.committed.set()
+
+    def _take(self) -> _Batch:
+        """What waits to be committed, taken on the event loop (workers append to these lists there)."""
+        batch = _Batch(self._in_flight, self._outcomes, self._requests, self._committed)
+        self._in_flight, self._outcomes, self._requests = [], [], []
+        self._committed = anyio.Event()
+        return batch
+
+    def _write(self, batch: _Batch) -> None:
+        if (batch.in_flight or batch.requests or batch.outcomes) and self.error is None:
             try:
-                self._store.commit(in_flight, outcomes, requests)
+                self._store.commit(batch.in_flight, batch.outcomes, batch.requests)
             except self._store.write_errors as exc:
                 self.error = f"cannot write the campaign state {self._store.location}: {exc}"
-        committed.set()
+
+
+@dataclass
+class _Batch:
+    in_flight: list[str]
+    outcomes: list[Outcome]
+    requests: list[InFlightRequest]
+    committed: anyio.Event  # set once the batch is written (or could not be)

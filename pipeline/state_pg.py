@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 
@@ -168,6 +169,7 @@ class PostgresStore(StateStore):
     """The state in PostgreSQL, locked by a session advisory lock on its connection."""
 
     write_errors = (psycopg.Error,)
+    commits_in_thread = True
 
     def __init__(
         self,
@@ -181,6 +183,9 @@ class PostgresStore(StateStore):
         self.state = location
         self.name = location.state_name(campaign)
         self._db: psycopg.Connection[tuple[object, ...]] | None = None
+        # commits run in a worker thread (commits_in_thread) while the sending pass looks rows up on the event
+        # loop: one operation at a time on the connection, so a lookup never lands inside a commit's transaction
+        self._busy = threading.Lock()
 
     @property
     def location(self) -> str:
@@ -244,6 +249,10 @@ class PostgresStore(StateStore):
     # --- reading ---------------------------------------------------------------------------------------------------
 
     def recover_in_flight(self, *, resend: bool, resend_window_s: float | None = None) -> int:
+        with self._busy:
+            return self._recover_in_flight(resend=resend, resend_window_s=resend_window_s)
+
+    def _recover_in_flight(self, *, resend: bool, resend_window_s: float | None = None) -> int:
         now = self.clock()
         name = self.name
         db = self.db
@@ -285,6 +294,10 @@ class PostgresStore(StateStore):
         return in_flight
 
     def pending_requests(self) -> list[PendingRequest]:
+        with self._busy:
+            return self._pending_requests()
+
+    def _pending_requests(self) -> list[PendingRequest]:
         rows = self.db.execute(
             "SELECT m.request_key, r.body, m.idempotency_key, m.recipient FROM sentdm.messages AS m "
             "JOIN sentdm.requests AS r ON r.state = m.state AND r.request_key = m.request_key "
@@ -298,6 +311,10 @@ class PostgresStore(StateStore):
         return list(grouped.values())
 
     def lookup(self, keys: Sequence[str]) -> pl.DataFrame:
+        with self._busy:
+            return self._lookup(keys)
+
+    def _lookup(self, keys: Sequence[str]) -> pl.DataFrame:
         if self.read_only and not _has_tables(self.db):
             return pl.DataFrame(schema=OUTCOME_COLUMNS)
         # one round trip for the whole batch: the keys travel as one array
@@ -313,12 +330,19 @@ class PostgresStore(StateStore):
     def commit(
         self, in_flight: Iterable[str], outcomes: Iterable[Outcome], requests: Sequence[InFlightRequest] = ()
     ) -> None:
+        with self._busy:
+            self._commit(in_flight, outcomes, requests)
+
+    def _commit(
+        self, in_flight: Iterable[str], outcomes: Iterable[Outcome], requests: Sequence[InFlightRequest]
+    ) -> None:
         now = self.clock()
         name = self.name
         db = self.db
         marks = list(in_flight)
         done = list(outcomes)
-        with db.transaction(), db.cursor() as cursor:
+        # pipeline mode: BEGIN, the writes and COMMIT go out together and cost one round trip
+        with db.pipeline(), db.transaction(), db.cursor() as cursor:
             # arrays rather than executemany: one statement per kind of write, whatever the batch's size
             if marks:
                 cursor.execute(
