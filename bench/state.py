@@ -20,7 +20,7 @@ import psycopg
 from compare import PYTHON, REPO, Inputs, Mock, child_env, run_measured, write_spec
 
 sys.path.insert(0, str(REPO))
-from tests.postgres_server import running_postgres  # noqa: E402 - the tests' server, with production settings
+from tests.postgres_server import running_postgres  # the tests' server, started with production settings
 
 _TICKS = 100  # clock ticks per second in /proc/*/stat on Linux
 
@@ -82,7 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         return 1
                     served = server_cpu_s(postmaster) - before
                     found[store].append((measured.cpu_s, measured.wall_s, served))
-                    print(f"{store} #{repeat}: cpu {measured.cpu_s:.2f} s, wall {measured.wall_s:.2f} s", file=sys.stderr)
+                    print(
+                        f"{store} #{repeat}: cpu {measured.cpu_s:.2f} s, wall {measured.wall_s:.2f} s", file=sys.stderr
+                    )
         finally:
             mock.stop()
     rows = args.rows
@@ -95,7 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         served = statistics.median(r[2] for r in runs) / rows * 1e6
         medians[store] = cpu
         print(f"| {store} | {cpu:.0f} | {rate:,.0f} | {served:.0f} |")
-    print(f"PostgreSQL / SQLite client CPU per message: {medians['postgresql'] / medians['sqlite']:.2f}x (target <= 1.5)")
+    print(
+        f"PostgreSQL / SQLite client CPU per message: {medians['postgresql'] / medians['sqlite']:.2f}x (target <= 1.5)"
+    )
     return 0
 
 

@@ -48,8 +48,9 @@ class PostgresState:
         return urlsplit(self.url).password is not None
 
     def state_name(self, campaign: str) -> str:
-        """The key of this state's rows: `campaign`, or `campaign.shard-I-of-N` for a shard."""
-        return campaign if self.shard is None else f"{campaign}.{self.shard}"
+        """The key of this state's rows: `campaign`, or `campaign/shard-I-of-N` for a shard (a campaign's name has
+        no `/`, so no campaign's state name is another's shard's)."""
+        return campaign if self.shard is None else f"{campaign}/{self.shard}"
 
     def for_shard(self, label: str) -> PostgresState:
         return PostgresState(self.url, label)

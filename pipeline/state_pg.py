@@ -11,12 +11,13 @@ for good. Commits are synchronous (the server's default): an acknowledged in-fli
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import polars as pl
 import psycopg
@@ -40,7 +41,7 @@ from pipeline.state_location import PostgresState, mask_url
 MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE sentdm.states (
-        state TEXT PRIMARY KEY,        -- the campaign's name, plus `.shard-I-of-N` for a shard
+        state TEXT PRIMARY KEY,        -- the campaign's name, plus `/shard-I-of-N` for a shard
         campaign TEXT NOT NULL,
         created_at DOUBLE PRECISION NOT NULL
     );
@@ -234,6 +235,14 @@ class PostgresStore(StateStore):
             f"{self.state}). Hint: wait for it to finish; two runs of one campaign at once could send a message twice."
         )
 
+    @contextlib.contextmanager
+    def _reporting(self) -> Iterator[None]:
+        """A lost connection or a failed query is the state's error, said where, never a traceback."""
+        try:
+            yield
+        except psycopg.Error as exc:
+            raise OutputError(f"{self.state}: cannot use the campaign state: {_message(exc, self.state)}") from None
+
     def close(self) -> None:
         # closing the session releases the advisory lock
         if self._db is not None:
@@ -249,7 +258,7 @@ class PostgresStore(StateStore):
     # --- reading ---------------------------------------------------------------------------------------------------
 
     def recover_in_flight(self, *, resend: bool, resend_window_s: float | None = None) -> int:
-        with self._busy:
+        with self._busy, self._reporting():
             return self._recover_in_flight(resend=resend, resend_window_s=resend_window_s)
 
     def _recover_in_flight(self, *, resend: bool, resend_window_s: float | None = None) -> int:
@@ -294,7 +303,7 @@ class PostgresStore(StateStore):
         return in_flight
 
     def pending_requests(self) -> list[PendingRequest]:
-        with self._busy:
+        with self._busy, self._reporting():
             return self._pending_requests()
 
     def _pending_requests(self) -> list[PendingRequest]:
@@ -311,7 +320,7 @@ class PostgresStore(StateStore):
         return list(grouped.values())
 
     def lookup(self, keys: Sequence[str]) -> pl.DataFrame:
-        with self._busy:
+        with self._busy, self._reporting():
             return self._lookup(keys)
 
     def _lookup(self, keys: Sequence[str]) -> pl.DataFrame:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import psycopg
 import pytest
 
 from pipeline.sandbox import SandboxServer
@@ -32,7 +33,14 @@ def e164(i: int) -> str:
 
 
 def write_campaign(
-    folder: Path, url: str, rows: int, *, batch: int, personal: bool = False, concurrency: int = 4
+    folder: Path,
+    url: str,
+    rows: int,
+    *,
+    batch: int,
+    personal: bool = False,
+    concurrency: int = 4,
+    state: str | None = None,
 ) -> Path:
     people = [{"phone": number(i), "first_name": f"Name{i}", "order_id": f"{i:06d}"} for i in range(rows)]
     write_csv(folder / "customers.csv", people)
@@ -58,7 +66,7 @@ def write_campaign(
         "  api_key: sk-test-broadcast\n"
         "  timeout_s: 10\n"
         f"send: {{batch_recipients: {batch}, concurrency: {concurrency}, backoff_s: 0}}\n"
-        "output: {results: out/results.csv}\n",
+        "output: {results: out/results.csv" + (f", state: '{state}'" if state else "") + "}\n",
         encoding="utf-8",
     )
     return spec
@@ -128,7 +136,10 @@ def test_a_broadcast_that_fails_fails_for_each_of_its_rows(cli: Cli, tmp_path: P
     assert "authentication failed" in err or "HTTP 401" in err
 
 
-def state_rows(spec: Path) -> list[tuple[Any, ...]]:
+def state_rows(spec: Path, state: str | None = None) -> list[tuple[Any, ...]]:
+    if state is not None:
+        with psycopg.connect(state) as pg:
+            return pg.execute("SELECT status, request_key, recipient FROM sentdm.messages").fetchall()
     db = sqlite3.connect(spec.parent / "out" / "broadcast-test.state.sqlite")
     try:
         return db.execute("SELECT status, request_key, recipient FROM messages").fetchall()
@@ -136,7 +147,17 @@ def state_rows(spec: Path) -> list[tuple[Any, ...]]:
         db.close()
 
 
-def in_flight_requests(spec: Path) -> set[str]:
+def in_flight_requests(spec: Path, state: str | None = None) -> set[str]:
+    if state is not None:
+        try:
+            with psycopg.connect(state) as pg:
+                rows = pg.execute(
+                    "SELECT DISTINCT request_key FROM sentdm.messages "
+                    "WHERE status = 'in_flight' AND request_key IS NOT NULL"
+                ).fetchall()
+        except psycopg.errors.UndefinedTable:
+            return set()  # the run has not made its tables yet
+        return {str(key) for (key,) in rows}
     path = spec.parent / "out" / "broadcast-test.state.sqlite"
     if not path.exists():
         return set()
@@ -154,12 +175,16 @@ def in_flight_requests(spec: Path) -> set[str]:
 
 
 @pytest.mark.slow
-def test_kill_9_in_the_middle_of_a_broadcast_then_resume_texts_no_number_twice(cli: Cli, tmp_path: Path) -> None:
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_kill_9_in_the_middle_of_a_broadcast_then_resume_texts_no_number_twice(
+    cli: Cli, tmp_path: Path, store: str, request: pytest.FixtureRequest
+) -> None:
+    state = None if store == "sqlite" else request.getfixturevalue("new_database")()
     rows, batch = 3000, 100
     # each answer takes 0.6 s: a request takes effect when it arrives, so requests in flight at the kill were
     # accepted by the server, and their answers lost
     with SandboxServer(latency_ms=600) as server:
-        spec = write_campaign(tmp_path, server.url, rows, batch=batch, concurrency=4)
+        spec = write_campaign(tmp_path, server.url, rows, batch=batch, concurrency=4, state=state)
         process = subprocess.Popen(
             [sys.executable, "-m", "pipeline", "run", str(spec), "--quiet"],
             cwd=ROOT,
@@ -171,12 +196,12 @@ def test_kill_9_in_the_middle_of_a_broadcast_then_resume_texts_no_number_twice(c
             deadline = time.monotonic() + 30
             # wait until a few broadcasts have been answered and others are in flight
             while time.monotonic() < deadline:
-                if server.accepted_total >= 6 and in_flight_requests(spec):
+                if server.accepted_total >= 6 and in_flight_requests(spec, state):
                     break
                 time.sleep(0.05)  # polling the server's counter and the state: nothing to wait on directly
             else:
                 pytest.fail("the run never had broadcasts in flight")
-            in_flight = in_flight_requests(spec)
+            in_flight = in_flight_requests(spec, state)
             process.send_signal(signal.SIGKILL)
         finally:
             process.communicate(timeout=30)
@@ -202,5 +227,5 @@ def test_kill_9_in_the_middle_of_a_broadcast_then_resume_texts_no_number_twice(c
     assert table["result_status"].unique().to_list() == ["sent"]
     assert table["result_message_id"].null_count() == 0
     # the state keeps no request body once every member has an outcome and a run has started since
-    assert all(status == "sent" for status, _, _ in state_rows(spec))
+    assert all(status == "sent" for status, _, _ in state_rows(spec, state))
     assert "Resumed" in out or "in flight" in out
