@@ -416,7 +416,8 @@ class StateWriteError(Exception):
 
 
 class GroupCommitter:
-    """Batches state writes from many workers into few transactions, on the event loop.
+    """Batches state writes from many workers into few transactions: gathered on the event loop, written there or
+    (`StateStore.commits_in_thread`) in a worker thread. The same for every store.
 
     `before_send` returns only once the row's in-flight mark is committed; `record` queues an outcome for the next
     commit. Run `run()` in a task and call `flush()` at the end."""

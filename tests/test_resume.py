@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -269,6 +270,27 @@ def test_a_postgresql_state_keeps_the_shard_count_it_started_with(
     assert cli("run", spec, "--shard", "1/2")[0] == 0
     assert cli("merge", spec)[0] == 0
     assert sorted(r.json()["contactId"] for r in server.requests) == sorted(r["contact_id"] for r in contact_rows(6))
+
+
+def test_plan_and_dry_run_read_a_postgresql_state_without_its_lock(
+    cli: Cli, make_campaign: MakeCampaign, server: FaultServer, new_database: Callable[[], str]
+) -> None:
+    url = new_database()
+    spec = make_spec(make_campaign, server.url, 3, state=url)
+    code, out, _ = cli("plan", spec)  # nothing yet: no tables, and plan makes none
+    assert code == 0
+    assert "already sent" not in out
+    assert cli("run", spec)[0] == 0
+    write_csv(spec.parent / "contacts.csv", contact_rows(5))
+    with open_state(PostgresState(url), "test-campaign"):  # a live run holds the lock
+        code, out, _ = cli("plan", spec)
+        assert code == 0
+        assert "already sent" in out
+        assert "(earlier runs; not sent again)" in out
+        code, out, err = cli("run", spec, "--dry-run")
+        assert code == 0, err
+        assert re.search(r"would send\s+2\n", out), out  # the 3 sent rows are left out
+    assert len(server.requests) == 3
 
 
 def test_a_password_in_the_state_url_is_masked_everywhere_and_warned_about(
