@@ -142,7 +142,7 @@ class _Rejected:
     body: bytes
 
 
-_Item = tuple[Event | _Rejected, str, "asyncio.Future[None]"]
+_Item = tuple[Event | _Rejected, "asyncio.Future[None]"]
 
 
 class StoreFailed(Exception):
@@ -170,7 +170,7 @@ class EventStore:
 
     async def _submit(self, entry: Event | _Rejected) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.put((entry, now_iso(), future))
+        self._queue.put((entry, future))
         await future
 
     def close(self) -> None:
@@ -197,15 +197,18 @@ class EventStore:
                     break
                 batch.append(item)
             error = self._write(batch)
-            loop = batch[0][2].get_loop()
+            loop = batch[0][1].get_loop()
             # one wake-up of the event loop per commit, not one per request
-            loop.call_soon_threadsafe(_settle, [future for _, _, future in batch], error)
+            loop.call_soon_threadsafe(_settle, [future for _, future in batch], error)
             if stop:
                 return
 
     def _write(self, batch: Sequence[_Item]) -> BaseException | None:
-        events = [(entry, at) for entry, at, _ in batch if isinstance(entry, Event)]
-        rejected = [(entry, at) for entry, at, _ in batch if isinstance(entry, _Rejected)]
+        # one time for the batch, taken on this thread: received_at is when the receiver stored the event (within
+        # one commit, milliseconds after it arrived), and the event loop's thread saves the clock call per request
+        at = now_iso()
+        events = [entry for entry, _ in batch if isinstance(entry, Event)]
+        rejected = [entry for entry, _ in batch if isinstance(entry, _Rejected)]
         connection = self._connection
         try:
             connection.execute("BEGIN IMMEDIATE")
@@ -213,18 +216,18 @@ class EventStore:
                 _INSERT_EVENT,
                 [
                     (e.dedupe_key, e.message_id, e.status, e.sub_type, e.channel, e.error, e.event_at, at, e.body)
-                    for e, at in events
+                    for e in events
                 ],
             )
             connection.executemany(
                 _UPSERT_MESSAGE,
                 [
                     (e.message_id, e.status, e.rank, e.error, e.channel, e.event_at, at)
-                    for e, at in events
+                    for e in events
                     if e.message_id is not None
                 ],
             )
-            connection.executemany(_INSERT_REJECTED, [(at, r.reason, r.body) for r, at in rejected])
+            connection.executemany(_INSERT_REJECTED, [(at, r.reason, r.body) for r in rejected])
             connection.execute("COMMIT")
         except sqlite3.Error as exc:
             if connection.in_transaction:
