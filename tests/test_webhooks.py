@@ -27,7 +27,7 @@ from pipeline.cli import main
 from pipeline.webhooks.lookup import history, statuses
 from pipeline.webhooks.server import MAX_BODY_BYTES, Receiver, serve
 from pipeline.webhooks.signature import SECRET_ENV, WebhookSecret, sign
-from pipeline.webhooks.store import SCHEMA_VERSION, EventStore, connect
+from pipeline.webhooks.store import SCHEMA_VERSION, EventStore, StoreFailed, connect
 
 KEY = b"test-webhook-signing-key-DO-NOT-LEAK"
 SECRET = "whsec_" + base64.b64encode(KEY).decode()
@@ -453,3 +453,22 @@ def test_kill_9_during_a_burst_loses_no_acknowledged_event(tmp_path: Path) -> No
     missing = [message_id for message_id in acknowledged if message_id not in found]
     assert missing == []
     assert {s.status for s in found.values()} == {"DELIVERED"}
+
+
+def test_an_event_the_store_cannot_commit_is_503_so_sent_dm_delivers_it_again() -> None:
+    class FullDisk:
+        async def record(self, event: object) -> None:
+            raise StoreFailed("events.db: database or disk is full")
+
+    logs: list[tuple[str, Mapping[str, Any]]] = []
+    receiver = Receiver(
+        secret=WebhookSecret(KEY),
+        store=FullDisk(),  # type: ignore[arg-type]  # only record() is reached
+        log=lambda name, fields: logs.append((name, fields)),
+    )
+    body = event("m-1", "DELIVERED")
+    status, answer = asyncio.run(receiver.receive(signed(body), body, remote=None))
+    assert status == 503
+    assert "deliver it again" in str(answer)
+    assert logs == [("store_error", {"status": 503, "reason": "events.db: database or disk is full"})]
+    assert receiver.stats.store_errors == 1

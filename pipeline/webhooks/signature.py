@@ -85,11 +85,9 @@ def verify(
     webhook_id = headers.get(ID_HEADER)
     timestamp = headers.get(TIMESTAMP_HEADER)
     signatures = headers.get(SIGNATURE_HEADER)
-    missing = [name for name, value in ((ID_HEADER, webhook_id), (TIMESTAMP_HEADER, timestamp)) if not value]
-    if not signatures:
-        missing.append(SIGNATURE_HEADER)
-    if missing or webhook_id is None or timestamp is None or signatures is None:
-        raise SignatureRejected(f"missing header {', '.join(missing)}")
+    if not webhook_id or not timestamp or not signatures:
+        named = ((ID_HEADER, webhook_id), (TIMESTAMP_HEADER, timestamp), (SIGNATURE_HEADER, signatures))
+        raise SignatureRejected("missing header " + ", ".join(name for name, value in named if not value))
     try:
         sent_at = int(timestamp)
     except ValueError:

@@ -196,7 +196,10 @@ class EventStore:
                     stop = True
                     break
                 batch.append(item)
-            error = self._write(batch)
+            try:
+                error = self._write(batch)
+            except Exception as exc:  # noqa: BLE001 - its requests must get an answer (503), not wait forever
+                error = StoreFailed(f"{self.path}: {type(exc).__name__}: {exc}")
             loop = batch[0][1].get_loop()
             # one wake-up of the event loop per commit, not one per request
             loop.call_soon_threadsafe(_settle, [future for _, future in batch], error)
