@@ -33,6 +33,7 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         dedupe_key TEXT NOT NULL UNIQUE,
         message_id TEXT,
         status TEXT,
+        rank INTEGER,
         sub_type TEXT NOT NULL,
         channel TEXT,
         error TEXT,
@@ -51,6 +52,20 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         event_at TEXT,
         updated_at TEXT NOT NULL
     ) WITHOUT ROWID""",
+        # the current status is kept by SQLite itself, for each event actually inserted (a repeat is ignored and
+        # fires nothing): a status replaces the current one only when it is further along the order. In the
+        # database, this work runs without Python's GIL, beside the event loop
+        """CREATE TRIGGER events_move_messages AFTER INSERT ON events
+        WHEN new.message_id IS NOT NULL AND new.status IS NOT NULL
+        BEGIN
+            INSERT INTO messages (message_id, status, rank, error, channel, event_at, updated_at)
+            VALUES (new.message_id, new.status, new.rank, new.error, new.channel, new.event_at, new.received_at)
+            ON CONFLICT (message_id) DO UPDATE SET
+                status = excluded.status, rank = excluded.rank, error = excluded.error,
+                channel = coalesce(excluded.channel, messages.channel), event_at = excluded.event_at,
+                updated_at = excluded.updated_at
+            WHERE excluded.rank > messages.rank;
+        END""",
         # signed bodies that are not events, kept for inspection
         """CREATE TABLE rejected (
         id INTEGER PRIMARY KEY,
@@ -63,19 +78,8 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
 
 _INSERT_EVENT = """
 INSERT OR IGNORE INTO events
-    (dedupe_key, message_id, status, sub_type, channel, error, event_at, received_at, body)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-"""
-# a status replaces the current one only when it is further along; a repeat (same rank) changes nothing, which
-# also makes replaying a batch harmless
-_UPSERT_MESSAGE = """
-INSERT INTO messages (message_id, status, rank, error, channel, event_at, updated_at)
-VALUES (?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (message_id) DO UPDATE SET
-    status = excluded.status, rank = excluded.rank, error = excluded.error,
-    channel = coalesce(excluded.channel, messages.channel), event_at = excluded.event_at,
-    updated_at = excluded.updated_at
-WHERE excluded.rank > messages.rank
+    (dedupe_key, message_id, status, rank, sub_type, channel, error, event_at, received_at, body)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 _INSERT_REJECTED = "INSERT INTO rejected (received_at, reason, body) VALUES (?, ?, ?)"
 
@@ -218,16 +222,19 @@ class EventStore:
             connection.executemany(
                 _INSERT_EVENT,
                 [
-                    (e.dedupe_key, e.message_id, e.status, e.sub_type, e.channel, e.error, e.event_at, at, e.body)
+                    (
+                        e.dedupe_key,
+                        e.message_id,
+                        e.status,
+                        e.rank,
+                        e.sub_type,
+                        e.channel,
+                        e.error,
+                        e.event_at,
+                        at,
+                        e.body,
+                    )
                     for e in events
-                ],
-            )
-            connection.executemany(
-                _UPSERT_MESSAGE,
-                [
-                    (e.message_id, e.status, e.rank, e.error, e.channel, e.event_at, at)
-                    for e in events
-                    if e.message_id is not None
                 ],
             )
             connection.executemany(_INSERT_REJECTED, [(at, r.reason, r.body) for r in rejected])
