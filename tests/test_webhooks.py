@@ -397,9 +397,11 @@ def test_the_command_never_shows_the_secret_and_exits_0_on_sigterm(tmp_path: Pat
     assert statuses(tmp_path / "events.db")["m-1"].status == "DELIVERED"
 
 
-def burst_until_killed(store: Path, *, round_: int, kill_after: int) -> list[str]:
-    """Start a receiver on `store`, fire signed events at it from 8 connections, SIGKILL it once `kill_after` have
-    been answered 2xx, and return the message ids of every event answered 2xx."""
+def burst_until_killed(
+    store: Path, *, round_: int, kill_after: int, signum: signal.Signals = signal.SIGKILL
+) -> tuple[list[str], int]:
+    """Start a receiver on `store`, fire signed events at it from 8 connections, send it `signum` once `kill_after`
+    have been answered 2xx; the message ids of every event answered 2xx, and the receiver's exit code."""
     receiver = ReceiverProcess(store)
     acknowledged: list[str] = []
     refused: list[int] = []
@@ -430,13 +432,13 @@ def burst_until_killed(store: Path, *, round_: int, kill_after: int) -> list[str
     try:
         assert enough.wait(60), f"the burst got fewer than {kill_after} answers"
     finally:
-        receiver.process.kill()
-        receiver.finish()
+        receiver.process.send_signal(signum)
+        code = receiver.finish()[0]
         for worker in workers:
             worker.join(30)
     assert refused == []
-    assert kill_after <= len(acknowledged) < connections * per_connection  # killed mid-burst
-    return acknowledged
+    assert kill_after <= len(acknowledged) < connections * per_connection  # stopped mid-burst
+    return acknowledged, code
 
 
 @pytest.mark.slow
@@ -445,7 +447,7 @@ def test_kill_9_during_a_burst_loses_no_acknowledged_event(tmp_path: Path) -> No
     acknowledged: list[str] = []
     # several kills, each at another point of the commit cycle, each restarting on the store the last one left
     for round_, kill_after in enumerate((300, 457, 611)):
-        acknowledged += burst_until_killed(store, round_=round_, kill_after=kill_after)
+        acknowledged += burst_until_killed(store, round_=round_, kill_after=kill_after)[0]
     restarted = ReceiverProcess(store)  # opens the store again (WAL recovery) and serves
     restarted.process.send_signal(signal.SIGTERM)
     assert restarted.finish()[0] == 0
@@ -472,3 +474,12 @@ def test_an_event_the_store_cannot_commit_is_503_so_sent_dm_delivers_it_again() 
     assert "deliver it again" in str(answer)
     assert logs == [("store_error", {"status": 503, "reason": "events.db: database or disk is full"})]
     assert receiver.stats.store_errors == 1
+
+
+@pytest.mark.slow
+def test_sigterm_during_a_burst_exits_0_with_every_acknowledged_event_stored(tmp_path: Path) -> None:
+    store = tmp_path / "events.db"
+    acknowledged, code = burst_until_killed(store, round_=0, kill_after=300, signum=signal.SIGTERM)
+    assert code == 0
+    found = statuses(store, acknowledged)
+    assert [message_id for message_id in acknowledged if message_id not in found] == []
