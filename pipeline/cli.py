@@ -567,6 +567,7 @@ def _webhooks(args: argparse.Namespace) -> int:
         "malformed": stats.malformed,
         "too_large": stats.too_large,
         "store_errors": stats.store_errors,
+        "commits": stats.commits,
     }
     log("stopped", fields)
     return errors.EXIT_OK

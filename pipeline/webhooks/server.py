@@ -42,6 +42,7 @@ class ReceiverStats:
     malformed: int = 0
     too_large: int = 0
     store_errors: int = 0
+    commits: int = 0  # transactions of the store: accepted / commits is how many events one fsync covered
     stopped_by: str | None = None
 
 
@@ -181,9 +182,11 @@ def run_receiver(
     try:
         receiver = Receiver(secret=secret, store=store, log=log)
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            return runner.run(main())
+            stats = runner.run(main())
     finally:
         store.close()
+    stats.commits = store.commits
+    return stats
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
