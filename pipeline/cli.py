@@ -9,7 +9,7 @@ import json
 import os
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import TextIO
@@ -30,6 +30,8 @@ from pipeline.progress import BarProgress, JsonProgress, LogProgress, emit_json,
 from pipeline.sandbox import ENDPOINTS, serve_forever
 from pipeline.shard import Shard
 from pipeline.spec import CampaignSpec, Note, load_spec, parse_rate
+from pipeline.webhooks import WEBHOOK_PATH
+from pipeline.webhooks.signature import WebhookSecret
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -240,7 +242,47 @@ def _build_parser() -> argparse.ArgumentParser:
         "--empty-success", action="store_true", default=None, help="answer v1 sends too with 204 and no body (like v2)"
     )
     sandbox.set_defaults(handler=_sandbox)
+
+    webhooks = commands.add_parser(
+        "webhooks",
+        parents=[logs],
+        epilog=_WEBHOOKS_EPILOG,
+        formatter_class=formatter,
+        help="receive Sent.dm's signed status webhooks into a store, until SIGTERM or Ctrl-C",
+        description=f"Serve POST {WEBHOOK_PATH} (register https://YOUR-HOST{WEBHOOK_PATH} in Sent.dm's dashboard) "
+        "and GET /healthz. Each delivery's signature is checked with the secret in SENT_DM_WEBHOOK_SECRET "
+        "(whsec_...), and the event is committed to the store before it is acknowledged. One receiver serves a "
+        "whole account.",
+    )
+    webhooks.add_argument(
+        "--listen",
+        type=_host_port,
+        default=("127.0.0.1", 8080),
+        metavar="HOST:PORT",
+        help="address to listen on (default: 127.0.0.1:8080, for a reverse proxy on the same machine; "
+        "0.0.0.0:PORT for every interface, [::1]:PORT for IPv6)",
+    )
+    webhooks.add_argument("--store", required=True, metavar="FILE", help="the SQLite store (created if missing)")
+    webhooks.set_defaults(handler=_webhooks)
     return parser
+
+
+_WEBHOOKS_EPILOG = """\
+exit codes:
+  0    stopped by SIGTERM or Ctrl-C (SIGINT) after answering the requests in flight
+  2    SENT_DM_WEBHOOK_SECRET missing or malformed, the store cannot be opened, or the address cannot be used
+  70   internal error (a bug)
+
+The store, the dedupe and ordering rules and deployment (TLS proxy, systemd): README.md, "Webhooks".
+"""
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT, e.g. 127.0.0.1:8080")
+    return host, int(port)
 
 
 def _global_options(parser: argparse.ArgumentParser, *, default_log_format: object, default_quiet: object) -> None:
@@ -490,4 +532,42 @@ def _sandbox(args: argparse.Namespace) -> int:
         raise errors.UsageError(f"sandbox: {exc}") from None
     except OSError as exc:
         raise errors.UsageError(f"sandbox: cannot listen on 127.0.0.1:{args.port}: {exc.strerror or exc}") from None
+    return errors.EXIT_OK
+
+
+def _webhooks(args: argparse.Namespace) -> int:
+    as_json = args.log_format == "json"
+    secret = WebhookSecret.from_env(os.environ)  # checked before anything else: a receiver that rejects all is worse
+    host, port = args.listen
+    store = Path(args.store)
+
+    def log(event: str, fields: Mapping[str, object]) -> None:
+        if as_json:
+            emit_json(sys.stderr, event, **fields)
+            return
+        text = " ".join(f"{name}={value}" for name, value in fields.items() if value is not None)
+        print(f"webhooks: {event} {text}", file=sys.stderr, flush=True)
+
+    def ready(bound_host: str, bound_port: int) -> None:
+        url = f"http://{bound_host}:{bound_port}" if ":" not in bound_host else f"http://[{bound_host}]:{bound_port}"
+        if as_json:
+            emit_json(sys.stderr, "listening", url=url, path=WEBHOOK_PATH, store=str(store))
+        else:
+            print(f"Receiving webhooks on {url}{WEBHOOK_PATH} into {store}; SIGTERM or Ctrl-C to stop", file=sys.stderr)
+        sys.stderr.flush()
+
+    # imported here: the HTTP server library is only the receiver's, and every other command would pay its import
+    from pipeline.webhooks.server import run_receiver
+
+    stats = run_receiver(host=host, port=port, store_path=store, secret=secret, log=log, on_ready=ready)
+    fields = {
+        "stopped_by": stats.stopped_by,
+        "accepted": stats.accepted,
+        "unauthorized": stats.unauthorized,
+        "malformed": stats.malformed,
+        "too_large": stats.too_large,
+        "store_errors": stats.store_errors,
+        "commits": stats.commits,
+    }
+    log("stopped", fields)
     return errors.EXIT_OK

@@ -3,6 +3,7 @@
 
     PipelineError                 base; carries the exit code the CLI uses
     +-- UsageError                bad command line (exit 2)
+    |   +-- SecretError           the webhook signing secret is missing or not a whsec_ value (exit 2)
     +-- SpecError                 the YAML job spec is invalid (exit 2); names the file and dotted key path
     +-- InputError                the contacts file cannot be read as a table (exit 2, or 3 if found after sending
                                   began); names the file and line
@@ -35,6 +36,10 @@ class PipelineError(Exception):
 
 class UsageError(PipelineError):
     """The command line asks for something that cannot be done."""
+
+
+class SecretError(UsageError):
+    """SENT_DM_WEBHOOK_SECRET is missing or malformed; the message names the variable and never its value."""
 
 
 class SpecError(PipelineError):

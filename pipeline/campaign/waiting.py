@@ -19,12 +19,12 @@ def wait_for_window(
 ) -> bool:
     """`run --wait`: sleep (holding the campaign's lock) until `opening`; False when a signal ends the wait (it is
     then the run's interrupt: the results file is written and the exit code says so)."""
-    if progress is not None:
-        progress.notice(
-            f"{deferred:,} row(s) outside their sending hours; waiting for the next window to open at "
-            f"{utc_text(opening)} (Ctrl-C stops; a rerun goes on where this one stopped)"
-        )
     with _signals_end_the_wait(control, enabled=options.handle_signals) as woken:
+        if progress is not None:  # said once the signals are ours: one right after it must end the wait, not us
+            progress.notice(
+                f"{deferred:,} row(s) outside their sending hours; waiting for the next window to open at "
+                f"{utc_text(opening)} (Ctrl-C stops; a rerun goes on where this one stopped)"
+            )
         sleep = options.sleep or woken.wait
         while not control.stopping:
             left = (opening - options.clock()).total_seconds()
