@@ -145,7 +145,8 @@ def test_a_body_signed_with_another_secret_is_401(receiver: LiveReceiver) -> Non
 
 @pytest.mark.parametrize(
     # a timestamp ahead is seen as less far ahead the longer the request takes: a margin keeps the test exact
-    ("offset_s", "reason"), [(-301, "timestamp too old"), (330, "timestamp in the future"), (-3600, "too old")]
+    ("offset_s", "reason"),
+    [(-301, "timestamp too old"), (330, "timestamp in the future"), (-3600, "too old")],
 )
 def test_a_timestamp_more_than_5_minutes_off_is_401(receiver: LiveReceiver, offset_s: int, reason: str) -> None:
     body = event("m-1", "DELIVERED")
