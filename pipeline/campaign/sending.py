@@ -237,7 +237,11 @@ async def _send_async(
     finally:
         committer.flush()
     if committer.error is not None:
-        raise OutputError(f"{committer.error}. Hint: free disk space and run again.", after_sending=True)
+        raise OutputError(
+            f"{committer.error}. Hint: make the state writable again (free disk space; for a PostgreSQL state, check "
+            "the database is up and reachable) and run again: nothing acknowledged is sent twice.",
+            after_sending=True,
+        )
 
 
 async def _watch_signals(
