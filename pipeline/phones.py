@@ -186,7 +186,7 @@ def _decide_all(texts: list[str | None], region: str | None) -> list[tuple[str |
 # --- libphonenumber's metadata, reduced to what parse and is_valid_number use ------------------------------------
 
 
-class _Unsupported(Exception):
+class UnsupportedPattern(Exception):
     """A metadata pattern polars' regex engine does not take: the numbers it concerns go to the fallback."""
 
 
@@ -200,13 +200,13 @@ def _compiles(pattern: str) -> bool:
 
 
 @functools.cache
-def _regex(pattern: str) -> str:
+def polars_regex(pattern: str) -> str:
     """`pattern` for polars (Rust's `regex`), preferably with ASCII classes: the texts it sees are ASCII digits,
     and libphonenumber's patterns with Unicode `\\d` take about four times as long to compile (measured)."""
     for candidate in (f"(?-u){pattern}", pattern):
         if _compiles(candidate):
             return candidate
-    raise _Unsupported(pattern)
+    raise UnsupportedPattern(pattern)
 
 
 def _full(pattern: str) -> str:
@@ -402,7 +402,7 @@ def _usable(length: int, region: _Region) -> bool:
 
 
 def _matches(number: pl.Expr, pattern: str | None) -> pl.Expr:
-    return number.str.contains(_regex(_full(pattern))) if pattern is not None else pl.lit(False)
+    return number.str.contains(polars_regex(_full(pattern))) if pattern is not None else pl.lit(False)
 
 
 def _strip_national_prefix(number: pl.Expr, region: _Region) -> pl.Expr:
@@ -410,7 +410,7 @@ def _strip_national_prefix(number: pl.Expr, region: _Region) -> pl.Expr:
     prefix (and carrier code), or rewritten by the transform rule, unless only the original was viable."""
     if region.national_prefix is None:
         return number
-    pattern = _regex(_prefix(region.national_prefix))
+    pattern = polars_regex(_prefix(region.national_prefix))
     match = number.str.extract(pattern, 0)
     stripped = number.str.slice(match.str.len_bytes())
     if region.transform is not None:
@@ -467,7 +467,7 @@ def _country_steps(code: int, parsing: str) -> _Steps:
     more than one region or a transform rule. `_claimed`: `region_code_for_number` picks the main region."""
     region, main = _region(code, parsing.split("/")[1]), _main_region(code)
     if region is None or main is None:
-        raise _Unsupported(parsing)
+        raise UnsupportedPattern(parsing)
     nnn, candidate, nsn, valid = pl.col(_NNN), pl.col(_CANDIDATE), pl.col(_NSN), pl.col(_VALID)
     length = candidate.str.len_bytes()
     usable = (length.is_in(list(region.lengths)) | (length > max(region.lengths, default=0))) & ~length.is_in(
@@ -478,7 +478,7 @@ def _country_steps(code: int, parsing: str) -> _Steps:
     elif main.leading_digits is None:
         claimed = valid
     else:
-        claimed = nsn.str.contains(_regex(_prefix(main.leading_digits)))
+        claimed = nsn.str.contains(polars_regex(_prefix(main.leading_digits)))
     return [
         [_strip_national_prefix(nnn, region).alias(_CANDIDATE)],
         [pl.when(usable).then(candidate).otherwise(nnn).alias(_NSN)],
@@ -617,7 +617,7 @@ def _sort_numbers(simple: pl.DataFrame, region: str | None, sorted_: _Sorted) ->
         try:
             international, national = _dialled_abroad(international, national, region)
             _sort_national(national, region, sorted_)
-        except _Unsupported:
+        except UnsupportedPattern:
             sorted_.give_up(national)
     _sort_international(international, sorted_)
 
@@ -631,7 +631,7 @@ def _dialled_abroad(
     if rules is None or rules.international_prefix is None:
         return international, national
     digits = pl.col(_DIGITS)
-    match = digits.str.extract(_regex(_prefix(rules.international_prefix)), 0)
+    match = digits.str.extract(polars_regex(_prefix(rules.international_prefix)), 0)
     after = digits.str.slice(match.str.len_bytes())
     national = national.with_columns(
         pl.when(match.is_not_null() & ~after.str.starts_with("0")).then(after).alias(_REST)
@@ -675,7 +675,7 @@ def _sort_national(national: pl.DataFrame, region: str, sorted_: _Sorted) -> Non
     calling code loses it if only then is it viable, or if it was too long with it."""
     rules = _region(phonenumbers.country_code_for_region(region), region)
     if rules is None:
-        raise _Unsupported(region)
+        raise UnsupportedPattern(region)
     digits = pl.col(_DIGITS)
     code = rules.country_code
     without_code = _strip_national_prefix(digits.str.slice(len(code)), rules)
@@ -718,7 +718,7 @@ def _check_numbers(sorted_: _Sorted, own_query_rows: int) -> None:
     for (code, parsing), part in apart.partition_by(_CC, _PARSING, as_dict=True).items():
         try:
             steps = _country_steps(int(str(code)), str(parsing))
-        except _Unsupported:
+        except UnsupportedPattern:
             sorted_.give_up(part)
             continue
         queries = shared if str(code) in world.shared else single
@@ -735,7 +735,7 @@ def _check_numbers(sorted_: _Sorted, own_query_rows: int) -> None:
     for (code,), part in unclaimed.partition_by(_CC, as_dict=True).items():
         try:
             _check_other_regions(part, int(str(code)), sorted_)
-        except _Unsupported:
+        except UnsupportedPattern:
             sorted_.give_up(part)
 
 
@@ -747,7 +747,7 @@ def _check_other_regions(pending: pl.DataFrame, code: int, sorted_: _Sorted) -> 
     nsn = pl.col(_NSN)
     regions = _regions(code)[1:]
     claims = [
-        nsn.str.contains(_regex(_prefix(r.leading_digits))) if r.leading_digits is not None else _valid_in(r, nsn)
+        nsn.str.contains(polars_regex(_prefix(r.leading_digits))) if r.leading_digits is not None else _valid_in(r, nsn)
         for r in regions
     ]
     first = pl.coalesce([pl.when(claim).then(pl.lit(n, dtype=pl.UInt8)) for n, claim in enumerate(claims)])

@@ -21,11 +21,12 @@ advisory lock in PostgreSQL) keeps two processes from running the same campaign 
 from __future__ import annotations
 
 import abc
+import contextlib
 import fcntl
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -167,6 +168,17 @@ def state_exists(location: StateLocation, campaign: str) -> bool:
 
         return postgres_state_exists(location, campaign)
     return location.exists()
+
+
+@contextlib.contextmanager
+def earlier_state(location: StateLocation, campaign: str) -> Iterator[StateStore | None]:
+    """The state an earlier run left, opened read-only without its lock (a dry run or a plan beside a live run),
+    or None when there is none yet."""
+    if not state_exists(location, campaign):
+        yield None
+        return
+    with open_state(location, campaign, read_only=True) as store:
+        yield store
 
 
 def shard_counts(location: StateLocation, campaign: str) -> set[int]:

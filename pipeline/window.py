@@ -35,6 +35,7 @@ from phonenumbers.timezone import UNKNOWN_TIMEZONE
 from phonenumbers.tzdata import TIMEZONE_DATA
 
 from pipeline import fields
+from pipeline.phones import UnsupportedPattern, polars_regex
 from pipeline.spec import WindowSpec
 
 DEFERRED = "deferred"  # result_status of a row that is not sent now because its window is closed
@@ -204,32 +205,16 @@ def _uses(numbers: pl.DataFrame) -> pl.DataFrame:
         number = int(str(code))
         try:
             parts.append(_uses_for_code(rows, number))
-        except _Unsupported:
+        except UnsupportedPattern:
             parts.append(_uses_one_by_one(rows, number))
     return pl.concat(parts).with_columns(pl.col(_USE).fill_null(_NONE))
-
-
-class _Unsupported(Exception):
-    """A metadata pattern polars' regex engine does not take: that code's numbers are typed by phonenumbers."""
-
-
-@functools.cache
-def _regex(pattern: str) -> str:
-    # ASCII classes where the engine takes them: the texts are ASCII digits, and Unicode `\d` compiles slower
-    for candidate in (f"(?-u){pattern}", pattern):
-        try:
-            pl.select(pl.lit("0").str.contains(candidate))
-        except pl.exceptions.ComputeError:
-            continue
-        return candidate
-    raise _Unsupported(pattern)
 
 
 def _matches(nsn: pl.Expr, desc: PhoneNumberDesc | None) -> pl.Expr:
     """`_is_number_matching_desc`: one of the description's possible lengths, and its whole pattern."""
     if desc is None or not desc.national_number_pattern:
         return pl.lit(False)
-    hit = nsn.str.contains(_regex(f"^(?:{desc.national_number_pattern})$"))
+    hit = nsn.str.contains(polars_regex(f"^(?:{desc.national_number_pattern})$"))
     lengths = list(desc.possible_length or ())
     return nsn.str.len_chars().is_in(lengths) & hit if lengths else hit
 
@@ -243,7 +228,7 @@ def _matches_any(nsn: pl.Expr, descs: list[PhoneNumberDesc | None]) -> list[pl.E
             by_lengths.setdefault(tuple(desc.possible_length or ()), []).append(desc.national_number_pattern)
     found = []
     for lengths, patterns in by_lengths.items():
-        hit = nsn.str.contains(_regex("^(?:" + "|".join(f"(?:{p})" for p in patterns) + ")$"))
+        hit = nsn.str.contains(polars_regex("^(?:" + "|".join(f"(?:{p})" for p in patterns) + ")$"))
         found.append(nsn.str.len_chars().is_in(list(lengths)) & hit if lengths else hit)
     return found or [pl.lit(False)]
 
@@ -280,7 +265,7 @@ def _uses_for_code(rows: pl.DataFrame, code: int) -> pl.DataFrame:
             continue
         use = _use_in(metadata, mobile_is_geographical=geographical).alias(_USE)
         if len(regions) > 1 and metadata.leading_digits:
-            claims = pl.col(_NSN).str.contains(_regex(f"^(?:{metadata.leading_digits})"))
+            claims = pl.col(_NSN).str.contains(polars_regex(f"^(?:{metadata.leading_digits})"))
             decided.append(pending.filter(claims).select(_E164, use))
             pending = pending.filter(~claims)
         else:

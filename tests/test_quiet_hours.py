@@ -283,13 +283,17 @@ def test_wait_needs_a_window(cli: Cli, tmp_path: Path) -> None:
 # === a real process ===============================================================================================
 
 
-def test_a_run_outside_every_rows_window_exits_4(tmp_path: Path) -> None:
-    # open all day, but neither today nor tomorrow in New York: closed now whenever this runs, even across midnight
+def closed_in_new_york() -> dict[str, Any]:
+    """A window open all day, but neither today nor tomorrow in New York: closed there now whenever a test runs,
+    even across midnight."""
     today = datetime.now(ZoneInfo("America/New_York")).weekday()
     days = ",".join(name for day, name in enumerate(WEEKDAYS) if day not in (today, (today + 1) % 7))
+    return {"window": {"from": "00:00", "to": "24:00", "days": days}}
+
+
+def test_a_run_outside_every_rows_window_exits_4(tmp_path: Path) -> None:
     with FaultServer(ScriptedV3()) as server:
-        window = {"window": {"from": "00:00", "to": "24:00", "days": days}}
-        spec = write_spec(tmp_path, v3_data(server.url, send=window), people(NEW_YORK[0], NEW_YORK_2[0]))
+        spec = write_spec(tmp_path, v3_data(server.url, send=closed_in_new_york()), people(NEW_YORK[0], NEW_YORK_2[0]))
         process = subprocess.run(
             [sys.executable, "-m", "pipeline", "run", str(spec), "--quiet"],
             capture_output=True,
@@ -314,11 +318,8 @@ def test_a_signal_during_run_wait_ends_the_wait_with_every_row_accounted_for(
 ) -> None:
     """`run --wait` sleeps until the next window opens; a signal then is the run's interrupt, never an escape: the
     results file is written (every row deferred) and the exit code names the signal."""
-    today = datetime.now(ZoneInfo("America/New_York")).weekday()
-    days = ",".join(name for day, name in enumerate(WEEKDAYS) if day not in (today, (today + 1) % 7))
     with FaultServer(ScriptedV3()) as server:
-        window = {"window": {"from": "00:00", "to": "24:00", "days": days}}
-        spec = write_spec(tmp_path, v3_data(server.url, send=window), people(NEW_YORK[0], NEW_YORK_2[0]))
+        spec = write_spec(tmp_path, v3_data(server.url, send=closed_in_new_york()), people(NEW_YORK[0], NEW_YORK_2[0]))
         process = subprocess.Popen(
             [sys.executable, "-m", "pipeline", "run", str(spec), "--quiet", "--wait"],
             stdout=subprocess.PIPE,

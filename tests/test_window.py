@@ -15,6 +15,7 @@ from phonenumbers.timezone import UNKNOWN_TIMEZONE, time_zones_for_number
 from phonenumbers.tzdata import TIMEZONE_DATA
 
 from pipeline import window
+from pipeline.phones import UnsupportedPattern
 from pipeline.spec import WindowSpec
 from pipeline.window import (
     CLOSES_AT,
@@ -154,12 +155,12 @@ def test_a_number_in_several_zones_keeps_them_all_in_phonenumbers_order() -> Non
 def test_codes_whose_patterns_polars_cannot_run_are_typed_by_phonenumbers(
     sample: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = window._regex
+    real = window.polars_regex
     refused = {"7", "61"}  # stand in for a future metadata pattern Rust's regex engine would refuse
 
     def regex(pattern: str) -> str:
         if current[0] in refused:
-            raise window._Unsupported(pattern)
+            raise UnsupportedPattern(pattern)
         return real(pattern)
 
     current = [""]
@@ -169,7 +170,7 @@ def test_codes_whose_patterns_polars_cannot_run_are_typed_by_phonenumbers(
         current[0] = str(code)
         return real_for_code(rows, code)
 
-    monkeypatch.setattr(window, "_regex", regex)
+    monkeypatch.setattr(window, "polars_regex", regex)
     monkeypatch.setattr(window, "_uses_for_code", uses_for_code)
     chosen = [n for n in sample if n.startswith(("+7", "+61", "+1"))]
     got = zones_for_numbers(pl.Series(chosen)).to_list()

@@ -4,7 +4,6 @@ and at Sent.dm's plan limits."""
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -21,7 +20,7 @@ from pipeline.campaign.prepare import prepared_batches
 from pipeline.campaign.run import state_path
 from pipeline.outcome import SENT, UNKNOWN
 from pipeline.spec import CampaignSpec
-from pipeline.state import open_state, state_exists
+from pipeline.state import earlier_state
 
 # Sent.dm's documented request limits per plan (requests a minute, per account)
 PLAN_LIMITS = {"Starter": 60.0, "Growth": 300.0}
@@ -80,17 +79,12 @@ def plan_campaign(spec: CampaignSpec, *, now: datetime | None = None, max_messag
     zones: dict[str, list[Any]] = {}  # zone key -> [rows, opens_at, closes_at, reason]
     requests = _Requests(spec)
     rows = done = 0
-    with contextlib.ExitStack() as stack:
-        state = state_path(spec)
-        store = (
-            stack.enter_context(open_state(state, spec.name, read_only=True))
-            if state_exists(state, spec.name)
-            else None
-        )
+    with earlier_state(state_path(spec), spec.name) as store:
         broadcasts = spec.send.batch_recipients > 1
         for batch in prepared_batches(spec, keys=store is not None, bodies=None if broadcasts else 0, guards=guards):
             rows += batch.frame.height
-            counts.update(s for s in batch.checked[validate.STATUS].to_list() if s is not None)
+            statuses = batch.checked[validate.STATUS].drop_nulls().value_counts()
+            counts.update(dict(statuses.iter_rows()))
             # suppressed rows' keys too: one an earlier run sent before its person was listed counts as done
             keys = batch.checked[payload.KEY].drop_nulls().to_list()
             recorded = store.lookup(keys) if store is not None else empty_outcomes()

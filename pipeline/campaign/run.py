@@ -32,7 +32,7 @@ from pipeline.outputs import Kind, Output, check_outputs, dry_run_path, server_d
 from pipeline.send import KEY_RESEND_WINDOW_S, RunControl
 from pipeline.shard import Shard
 from pipeline.spec import CampaignSpec
-from pipeline.state import StateStore, open_state, shard_counts, state_exists, state_path_for
+from pipeline.state import StateStore, earlier_state, open_state, shard_counts, state_path_for
 from pipeline.state_location import PostgresState, StateLocation, shard_location
 
 
@@ -142,14 +142,8 @@ def run_campaign(
         path = dry_run_path(spec.output.results)
         results.check_writable(path)
         guards = Guards.of(spec, options.clock())
-        with contextlib.ExitStack() as stack:
-            # rows an earlier run settled would not be sent again: say so, without taking the campaign's lock
-            state = state_path(spec)
-            store = (
-                stack.enter_context(open_state(state, spec.name, read_only=True))
-                if state_exists(state, spec.name)
-                else None
-            )
+        # rows an earlier run settled would not be sent again: say so, without taking the campaign's lock
+        with earlier_state(state_path(spec), spec.name) as store:
             check_cap(spec, options, store, guards)
             totals = write_results(spec, options, path, store, None, after_sending=False, guards=guards)
         return _summarise(
