@@ -38,7 +38,7 @@ from pipeline.errors import CampaignBusy, OutputError
 from pipeline.results import RESULT_SCHEMA
 from pipeline.state_location import PostgresState, StateLocation
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: delivery tracking (the deliveries table, messages.delivery_retries); 1 is migrated
 IN_FLIGHT = "in_flight"
 PENDING = "pending"
 LOST_IN_FLIGHT = "the process stopped while this request was in flight; it may have been delivered"
@@ -53,7 +53,22 @@ OUTCOME_COLUMNS: dict[str, type[pl.DataType]] = {
     "idempotency_key": pl.String,
     "result_verdict": pl.String,
     **{name: dtype for name, dtype in RESULT_SCHEMA.items() if name != "result_row"},
+    # how many times `retry --delivery-failed` sent the row again: its Idempotency-Key is the row's key plus that
+    # number (sending.send_key), so a resent row never reuses a key the server would answer with the first answer
+    "delivery_retries": pl.Int64,
 }
+# What delivery_facts() returns: one row per message id, its furthest-along status as `track` learnt it (from the
+# webhook store or the status lookup), ranked as the webhook receiver ranks them (webhooks/events.py)
+DELIVERY_COLUMNS: dict[str, type[pl.DataType]] = {
+    "message_id": pl.String,
+    "delivery_status": pl.String,
+    "delivery_rank": pl.Int64,
+    "delivery_error": pl.String,
+    "delivery_at": pl.String,
+    "delivery_channel": pl.String,
+}
+# (message_id, status, rank, error, at, channel, source): one fact for record_deliveries
+DeliveryFact = tuple[str, str, int, str | None, str | None, str | None, str]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -70,12 +85,48 @@ CREATE TABLE IF NOT EXISTS messages (
     updated_at REAL NOT NULL,
     first_attempt_at REAL,         -- Unix seconds of the first in-flight mark: how old the row's key is
     request_key TEXT,              -- a broadcast's request (send.batch_recipients): the Idempotency-Key it went with
-    recipient TEXT                 -- a broadcast member's number, to find its message id in the answer
+    recipient TEXT,                -- a broadcast member's number, to find its message id in the answer
+    delivery_retries INTEGER NOT NULL DEFAULT 0  -- resends by `retry --delivery-failed` (schema 2)
 );
 -- The body of every broadcast request marked in flight: a resumed run resends exactly it, with its key, so the
 -- server recognises the repeat and no number in it is texted twice. Dropped when a run starts and no member waits.
 CREATE TABLE IF NOT EXISTS requests (request_key TEXT PRIMARY KEY, body TEXT NOT NULL);
+-- What `track` learnt of each message (schema 2): its furthest-along status, never moved backwards
+CREATE TABLE IF NOT EXISTS deliveries (
+    message_id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,          -- QUEUED | ROUTED | SENT | DELIVERED | READ | FAILED (as Sent.dm names them)
+    rank INTEGER NOT NULL,         -- webhooks/events.py STATUS_RANK: a fact replaces another only at a higher rank
+    error TEXT,
+    event_at TEXT,
+    channel TEXT,
+    source TEXT NOT NULL,          -- events | poll
+    updated_at REAL NOT NULL
+);
 """
+
+# The upsert both stores use (SQLite and PostgreSQL read it alike; `{table}` is each one's name for the table): a
+# fact replaces the recorded one only at a higher rank; at the same rank it only fills what was missing.
+UPSERT_DELIVERY = """
+INSERT INTO {table} AS d ({columns}message_id, status, rank, error, event_at, channel, source, updated_at)
+VALUES ({values}) ON CONFLICT ({conflict}message_id) DO UPDATE SET
+    status = excluded.status,
+    error = CASE WHEN excluded.rank > d.rank THEN excluded.error ELSE COALESCE(d.error, excluded.error) END,
+    event_at = CASE WHEN excluded.rank > d.rank THEN excluded.event_at ELSE COALESCE(d.event_at, excluded.event_at) END,
+    channel = COALESCE(excluded.channel, d.channel),
+    source = CASE WHEN excluded.rank > d.rank THEN excluded.source ELSE d.source END,
+    rank = excluded.rank,
+    updated_at = excluded.updated_at
+WHERE excluded.rank >= d.rank
+"""
+
+
+_LOOKUP = (
+    "SELECT m.idempotency_key, verdict, status, http_status, message_id, error, attempts, sent_at, latency_ms, "
+    "delivery_retries FROM wanted JOIN messages AS m USING (idempotency_key)"
+)
+# a schema-1 state read without its lock (a dry run beside a run of an earlier version) is not migrated: it has
+# resent nothing for delivery yet
+_LOOKUP_SCHEMA_1 = _LOOKUP.replace("delivery_retries FROM", "0 FROM")
 
 
 def state_path_for(results_path: Path, campaign: str) -> Path:
@@ -148,6 +199,34 @@ class StateStore(abc.ABC):
         """One transaction: mark `in_flight` keys and the members of broadcast `requests` (with their bodies), then
         record outcomes (key, status, verdict, http_status, message_id, error, attempts, sent_at, latency_ms)."""
 
+    # --- delivery tracking (`track`, `retry --delivery-failed`) -----------------------------------------------------
+
+    @property
+    @abc.abstractmethod
+    def tracked(self) -> bool:
+        """Whether `track` ever ran for the campaign: then results files carry the delivery columns."""
+
+    @abc.abstractmethod
+    def mark_tracked(self) -> None:
+        """Note that `track` ran (see `tracked`)."""
+
+    @abc.abstractmethod
+    def sent_messages(self) -> pl.DataFrame:
+        """Every recorded row that has message ids: idempotency_key, result_message_id (comma-separated)."""
+
+    @abc.abstractmethod
+    def delivery_facts(self, message_ids: Sequence[str] | None = None) -> pl.DataFrame:
+        """DELIVERY_COLUMNS of the messages among `message_ids` that have a recorded status (None: all)."""
+
+    @abc.abstractmethod
+    def record_deliveries(self, facts: Sequence[DeliveryFact]) -> None:
+        """One transaction: record each fact unless its message already has a status of a higher rank."""
+
+    @abc.abstractmethod
+    def count_delivery_retries(self, keys: Sequence[str]) -> None:
+        """One transaction, committed before the rows are sent again: each row's delivery_retries goes up by one, so
+        its next request carries a key never used before."""
+
 
 def open_state(
     location: StateLocation, campaign: str, *, read_only: bool = False, clock: Callable[[], float] = time.time
@@ -207,6 +286,7 @@ class SqliteStore(StateStore):
         self.path = path
         self._lock_fd: int | None = None
         self._db: sqlite3.Connection | None = None
+        self._schema: str | None = None
 
     @property
     def location(self) -> str:
@@ -232,7 +312,12 @@ class SqliteStore(StateStore):
             db.execute("PRAGMA busy_timeout=5000")
             db.executescript(_SCHEMA)
             columns = {row[1] for row in db.execute("PRAGMA table_info(messages)")}
-            for column in ("first_attempt_at REAL", "request_key TEXT", "recipient TEXT"):
+            for column in (
+                "first_attempt_at REAL",
+                "request_key TEXT",
+                "recipient TEXT",
+                "delivery_retries INTEGER NOT NULL DEFAULT 0",
+            ):
                 if column.split()[0] not in columns:  # a state written by an earlier version
                     db.execute(f"ALTER TABLE messages ADD COLUMN {column}")
         except sqlite3.Error as exc:
@@ -281,14 +366,23 @@ class SqliteStore(StateStore):
                 "INSERT INTO meta (key, value) VALUES (?, ?)",
                 [("campaign", self.campaign), ("schema", SCHEMA_VERSION), ("created_at", str(time.time()))],
             )
+            self._schema = SCHEMA_VERSION
             return
         if rows.get("campaign") != self.campaign:
             raise OutputError(
                 f"{self.path}: this state belongs to campaign {rows.get('campaign')!r}, not {self.campaign!r}. "
                 "Hint: point output.state at this campaign's own file."
             )
-        if rows.get("schema") != SCHEMA_VERSION:
-            raise OutputError(f"{self.path}: state schema {rows.get('schema')!r} is not supported by this version.")
+        self._schema = rows.get("schema")
+        if self._schema == "1" and not self.read_only:
+            # schema 1 (before delivery tracking): open() has added the table and the column; say so in the state
+            self.db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (SCHEMA_VERSION,))
+            self._schema = SCHEMA_VERSION
+        if self._schema not in ("1", SCHEMA_VERSION):
+            raise OutputError(
+                f"{self.path}: state schema {self._schema!r} is not supported by this version of sentdm-batch. "
+                "Hint: use the version that wrote it."
+            )
 
     # --- reading ---------------------------------------------------------------------------------------------------
 
@@ -342,11 +436,52 @@ class SqliteStore(StateStore):
         with self._transaction():
             db.execute("DELETE FROM wanted")
             db.executemany("INSERT OR IGNORE INTO wanted VALUES (?)", ((k,) for k in keys))
-        cursor = db.execute(
-            "SELECT m.idempotency_key, verdict, status, http_status, message_id, error, attempts, sent_at, latency_ms "
-            "FROM wanted JOIN messages AS m USING (idempotency_key)"
-        )
+        # a schema-1 state read without its lock (a dry run) is not migrated: it has resent nothing yet
+        cursor = db.execute(_LOOKUP_SCHEMA_1 if self._schema == "1" else _LOOKUP)
         return pl.DataFrame(cursor.fetchall(), schema=OUTCOME_COLUMNS, orient="row")
+
+    # --- delivery tracking -----------------------------------------------------------------------------------------
+
+    @property
+    def tracked(self) -> bool:
+        return self.db.execute("SELECT 1 FROM meta WHERE key = 'tracked_at'").fetchone() is not None
+
+    def mark_tracked(self) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('tracked_at', ?)", (str(self.clock()),))
+
+    def sent_messages(self) -> pl.DataFrame:
+        cursor = self.db.execute("SELECT idempotency_key, message_id FROM messages WHERE message_id IS NOT NULL")
+        return pl.DataFrame(
+            cursor.fetchall(), schema={"idempotency_key": pl.String, "result_message_id": pl.String}, orient="row"
+        )
+
+    def delivery_facts(self, message_ids: Sequence[str] | None = None) -> pl.DataFrame:
+        if self._schema == "1":
+            return pl.DataFrame(schema=DELIVERY_COLUMNS)
+        query = "SELECT d.message_id, status, rank, error, event_at, channel FROM deliveries AS d"
+        db = self.db
+        if message_ids is None:
+            rows = db.execute(query).fetchall()
+        else:
+            db.execute("CREATE TEMP TABLE IF NOT EXISTS wanted_ids (message_id TEXT PRIMARY KEY) WITHOUT ROWID")
+            with self._transaction():
+                db.execute("DELETE FROM wanted_ids")
+                db.executemany("INSERT OR IGNORE INTO wanted_ids VALUES (?)", ((m,) for m in message_ids))
+            rows = db.execute(f"{query} JOIN wanted_ids USING (message_id)").fetchall()
+        return pl.DataFrame(rows, schema=DELIVERY_COLUMNS, orient="row")
+
+    def record_deliveries(self, facts: Sequence[DeliveryFact]) -> None:
+        now = self.clock()
+        sql = UPSERT_DELIVERY.format(table="deliveries", columns="", values=", ".join("?" * 8), conflict="")
+        with self._transaction() as db:
+            db.executemany(sql, [(*fact, now) for fact in facts])
+
+    def count_delivery_retries(self, keys: Sequence[str]) -> None:
+        with self._transaction() as db:
+            db.executemany(
+                "UPDATE messages SET delivery_retries = delivery_retries + 1 WHERE idempotency_key = ?",
+                [(key,) for key in keys],
+            )
 
     # --- writing ---------------------------------------------------------------------------------------------------
 

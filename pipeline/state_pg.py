@@ -24,11 +24,14 @@ import psycopg
 
 from pipeline.errors import CampaignBusy, OutputError
 from pipeline.state import (
+    DELIVERY_COLUMNS,
     IN_FLIGHT,
     KEY_TOO_OLD,
     LOST_IN_FLIGHT,
     OUTCOME_COLUMNS,
     PENDING,
+    UPSERT_DELIVERY,
+    DeliveryFact,
     InFlightRequest,
     Outcome,
     PendingRequest,
@@ -72,8 +75,31 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (state, request_key)
     );
     """,
+    # 2: delivery tracking (`track`, `retry --delivery-failed`; see pipeline/state.py's SQLite schema)
+    """
+    ALTER TABLE sentdm.messages ADD COLUMN delivery_retries INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE sentdm.states ADD COLUMN tracked_at DOUBLE PRECISION;
+    CREATE TABLE sentdm.deliveries (
+        state TEXT NOT NULL REFERENCES sentdm.states,
+        message_id TEXT NOT NULL,
+        status TEXT NOT NULL,
+        rank INTEGER NOT NULL,
+        error TEXT,
+        event_at TEXT,
+        channel TEXT,
+        source TEXT NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (state, message_id)
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+_LOOKUP = (
+    "SELECT idempotency_key, verdict, status, http_status, message_id, error, attempts, sent_at, latency_ms, "
+    "delivery_retries FROM sentdm.messages WHERE state = %s AND idempotency_key = ANY(%s)"
+)
+# tables of version 1, read without migrating them (by a dry run): nothing was resent for delivery yet
+_LOOKUP_VERSION_1 = _LOOKUP.replace("delivery_retries FROM", "0 FROM")
 
 # advisory-lock keys are one 64-bit space per database, shared with other applications: a fixed one for migrating,
 # and one per state name from a hash, both salted with the tool's name
@@ -184,6 +210,7 @@ class PostgresStore(StateStore):
         self.state = location
         self.name = location.state_name(campaign)
         self._db: psycopg.Connection[tuple[object, ...]] | None = None
+        self._version = SCHEMA_VERSION  # what a read-only store finds (it migrates nothing)
         # commits run in a worker thread (commits_in_thread) while the sending pass looks rows up on the event
         # loop: one operation at a time on the connection, so a lookup never lands inside a commit's transaction
         self._busy = threading.Lock()
@@ -197,6 +224,9 @@ class PostgresStore(StateStore):
         try:
             if self.read_only:
                 self._db = db
+                if _has_tables(db):
+                    row = db.execute("SELECT MAX(version) FROM sentdm.schema_version").fetchone()
+                    self._version = int(row[0]) if row is not None and row[0] is not None else 0  # type: ignore[call-overload]
                 return
             self._lock(db)
             _migrate(db)
@@ -326,13 +356,65 @@ class PostgresStore(StateStore):
     def _lookup(self, keys: Sequence[str]) -> pl.DataFrame:
         if self.read_only and not _has_tables(self.db):
             return pl.DataFrame(schema=OUTCOME_COLUMNS)
-        # one round trip for the whole batch: the keys travel as one array
-        cursor = self.db.execute(
-            "SELECT idempotency_key, verdict, status, http_status, message_id, error, attempts, sent_at, latency_ms "
-            "FROM sentdm.messages WHERE state = %s AND idempotency_key = ANY(%s)",
-            (self.name, list(keys)),
-        )
+        # one round trip for the whole batch: the keys travel as one array. Tables of version 1 (read without
+        # migrating them, by a dry run) have resent nothing yet.
+        query = _LOOKUP if self._version >= 2 else _LOOKUP_VERSION_1
+        cursor = self.db.execute(query, (self.name, list(keys)))
         return pl.DataFrame(cursor.fetchall(), schema=OUTCOME_COLUMNS, orient="row")
+
+    # --- delivery tracking -----------------------------------------------------------------------------------------
+
+    @property
+    def tracked(self) -> bool:
+        if self._version < 2:
+            return False
+        with self._busy, self._reporting():
+            row = self.db.execute("SELECT tracked_at FROM sentdm.states WHERE state = %s", (self.name,)).fetchone()
+        return row is not None and row[0] is not None
+
+    def mark_tracked(self) -> None:
+        with self._busy, self._reporting():
+            self.db.execute("UPDATE sentdm.states SET tracked_at = %s WHERE state = %s", (self.clock(), self.name))
+
+    def sent_messages(self) -> pl.DataFrame:
+        schema = {"idempotency_key": pl.String, "result_message_id": pl.String}
+        if self.read_only and not _has_tables(self.db):
+            return pl.DataFrame(schema=schema)
+        with self._busy, self._reporting():
+            cursor = self.db.execute(
+                "SELECT idempotency_key, message_id FROM sentdm.messages WHERE state = %s AND message_id IS NOT NULL",
+                (self.name,),
+            )
+            return pl.DataFrame(cursor.fetchall(), schema=schema, orient="row")
+
+    def delivery_facts(self, message_ids: Sequence[str] | None = None) -> pl.DataFrame:
+        if self._version < 2 or (self.read_only and not _has_tables(self.db)):
+            return pl.DataFrame(schema=DELIVERY_COLUMNS)
+        query = "SELECT message_id, status, rank, error, event_at, channel FROM sentdm.deliveries WHERE state = %s"
+        with self._busy, self._reporting():
+            if message_ids is None:
+                cursor = self.db.execute(query, (self.name,))
+            else:
+                cursor = self.db.execute(f"{query} AND message_id = ANY(%s)".encode(), (self.name, list(message_ids)))
+            return pl.DataFrame(cursor.fetchall(), schema=DELIVERY_COLUMNS, orient="row")
+
+    def record_deliveries(self, facts: Sequence[DeliveryFact]) -> None:
+        if not facts:
+            return
+        now = self.clock()
+        sql = UPSERT_DELIVERY.format(
+            table="sentdm.deliveries", columns="state, ", values=", ".join(["%s"] * 9), conflict="state, "
+        )
+        with self._busy, self._reporting(), self.db.transaction(), self.db.cursor() as cursor:
+            cursor.executemany(sql.encode(), [(self.name, *fact, now) for fact in facts])
+
+    def count_delivery_retries(self, keys: Sequence[str]) -> None:
+        with self._busy, self._reporting():
+            self.db.execute(
+                "UPDATE sentdm.messages SET delivery_retries = delivery_retries + 1 "
+                "WHERE state = %s AND idempotency_key = ANY(%s)",
+                (self.name, list(keys)),
+            )
 
     # --- writing ---------------------------------------------------------------------------------------------------
 

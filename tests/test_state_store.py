@@ -44,7 +44,7 @@ def test_in_flight_marks_and_outcomes_are_read_back_typed(new_state: NewState) -
         found = store.lookup(["a", "b", "c", "never"]).sort("idempotency_key")
     assert found["idempotency_key"].to_list() == ["a", "b", "c"]
     assert found["result_status"].to_list() == ["sent", "in_flight", "in_flight"]
-    assert found.row(0) == ("a", "sent", "sent", 202, "msg-2", None, 3, "later", 1.0)
+    assert found.row(0) == ("a", "sent", "sent", 202, "msg-2", None, 3, "later", 1.0, 0)  # 0: never resent for delivery
 
 
 def test_a_reopened_state_resumes_with_what_was_committed(new_state: NewState) -> None:
