@@ -30,7 +30,7 @@ import httpx
 from anyio.abc import ObjectReceiveStream
 
 from pipeline.api import V1, Generation
-from pipeline.api.base import Credentials
+from pipeline.api.base import Credentials, MessageState
 from pipeline.limits import Pacer
 from pipeline.outcome import (
     FAILED,
@@ -65,6 +65,12 @@ class SendJob:
     # an earlier run sent it and lost the answer (a row in flight when that run died, or an `unknown` row sent again
     # by `retry`): it may have been delivered already, so failing now must not report it `failed`
     maybe_delivered: bool = False
+    # the Idempotency-Key when it is not `key` (the state's key for the row): a row sent again because its delivery
+    # failed goes under a key of its own, derived from the row's key and the attempt
+    idempotency_key: str | None = None
+    # a status lookup: `GET` this path (the generation's status_path) instead of sending; the answer is read by the
+    # generation's read_status and the outcome carries what it found
+    lookup: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +86,7 @@ class SendOutcome:
     sent_at: str
     latency_ms: float
     by_number: dict[str, str] | None = None  # a broadcast's answer: each number's message ids
+    found: MessageState | None = None  # a status lookup's answer
 
 
 @dataclass(frozen=True)
@@ -175,7 +182,8 @@ def retry_after_s(headers: httpx.Headers, *, now: float | None = None) -> float 
     return None
 
 
-# one attempt's (HTTP status, headers, verdict, error, message id, setup failure, reason to stop, ids by number)
+# one attempt's (HTTP status, headers, verdict, error, message id, setup failure, reason to stop, ids by number,
+# what a status lookup found)
 _Attempt = tuple[
     int | None,
     httpx.Headers | None,
@@ -185,6 +193,7 @@ _Attempt = tuple[
     SystemicFailure | None,
     str | None,
     dict[str, str] | None,
+    MessageState | None,
 ]
 
 
@@ -207,7 +216,8 @@ class _Sender:
         self.before_send = before_send
         self.rng = rng
         self.generation = config.generation
-        self.url = httpx.URL(config.base_url.rstrip("/") + self.generation.messages_path)
+        self.base_url = config.base_url.rstrip("/")
+        self.url = httpx.URL(self.base_url + self.generation.messages_path)
         host = f"[{self.url.host}]" if ":" in self.url.host else self.url.host
         self.target = f"{host}:{self.url.port or _DEFAULT_PORTS.get(self.url.scheme, 0)}"  # for messages
         credentials = Credentials(config.api_key, sender_id=config.sender_id, profile_id=config.profile_id)
@@ -269,7 +279,7 @@ class _Sender:
             attempt += 1
             started = time.perf_counter()
             try:
-                status, headers, verdict, error, msg_id, systemic, stop, by_number = await self._attempt(job)
+                status, headers, verdict, error, msg_id, systemic, stop, by_number, found = await self._attempt(job)
             except anyio.get_cancelled_exc_class():
                 # a forced stop with this request on the wire: whether it was delivered cannot be known
                 self._report(job, self._interrupted(job, attempt, started))
@@ -324,6 +334,7 @@ class _Sender:
                 sent_at=_now_iso(),
                 latency_ms=round(latency_ms, 3),
                 by_number=by_number,
+                found=found,
             )
 
     @staticmethod
@@ -346,16 +357,21 @@ class _Sender:
             # asyncio's own timeout: anyio.fail_after was measured at 6% of a run's CPU, and the transport is
             # asyncio-only anyway
             async with asyncio.timeout(self.config.timeout_s):
-                request = httpx.Request(
-                    "POST", self.url, headers=[*self.headers, (b"idempotency-key", job.key.encode())], content=job.body
-                )
+                if job.lookup is not None:
+                    request = httpx.Request("GET", self.base_url + job.lookup, headers=self.headers)
+                else:
+                    key = (job.idempotency_key or job.key).encode()
+                    request = httpx.Request(
+                        "POST", self.url, headers=[*self.headers, (b"idempotency-key", key)], content=job.body
+                    )
                 response = await self.transport.handle_async_request(request)
                 content = await response.aread()
         except (httpx.HTTPError, TimeoutError) as exc:
             verdict = classify_exception(exc)
             systemic = systemic_failure(exc) if verdict is Verdict.SYSTEMIC else None
-            return None, None, verdict, describe_exception(exc), None, systemic, None, None
-        answer = self.generation.read_answer(response.status_code, content, secret=self.config.api_key)
+            return None, None, verdict, describe_exception(exc), None, systemic, None, None, None
+        read = self.generation.read_answer if job.lookup is None else self.generation.read_status
+        answer = read(response.status_code, content, secret=self.config.api_key)
         return (
             response.status_code,
             response.headers,
@@ -365,6 +381,7 @@ class _Sender:
             None,
             answer.stop,
             answer.by_number,
+            answer.found,
         )
 
     async def _name_still_missing(self) -> bool:

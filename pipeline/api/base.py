@@ -25,6 +25,18 @@ class Answer:
     stop: str | None = None  # why the whole run must stop now (e.g. an empty balance): every further row would fail
     # a request to several numbers (a broadcast): each number's message ids, comma-separated
     by_number: dict[str, str] | None = None
+    found: MessageState | None = None  # a status lookup's answer: what the server says of the message
+
+
+@dataclass(frozen=True, slots=True)
+class MessageState:
+    """One message's status as a status lookup (v3 `GET /v3/messages/{id}`) tells it."""
+
+    message_id: str
+    status: str  # QUEUED, ROUTED, SENT, DELIVERED, READ, FAILED (upper case, as Sent.dm names them)
+    error: str | None  # the description of the event that set the status (a failure's reason, e.g. ERR_ROUTE_DENIED)
+    at: str | None  # that event's timestamp, as sent
+    channel: str | None
 
 
 @dataclass(frozen=True)
@@ -75,6 +87,14 @@ class Generation(ABC):
     @abstractmethod
     def read_answer(self, status: int, content: bytes, *, secret: str) -> Answer:
         """What an HTTP answer means: verdict, message id or error text (with `secret` masked if echoed)."""
+
+    def status_path(self, message_id: str) -> str | None:
+        """The path that answers a message's delivery status (`GET`), or None where the generation has none."""
+        return None
+
+    def read_status(self, status: int, content: bytes, *, secret: str) -> Answer:
+        """What a status lookup's answer means: verdict (retries and stops as for a send), and `found`."""
+        raise NotImplementedError(f"API {self.version} has no message status lookup")
 
 
 def optional_field(fields: dict[str, pl.Expr], name: str, value: pl.Expr, *, present: pl.Expr | None = None) -> pl.Expr:

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import quote
 
 import polars as pl
 
-from pipeline.api.base import USER_AGENT, Answer, Credentials, Generation, optional_field
+from pipeline.api.base import USER_AGENT, Answer, Credentials, Generation, MessageState, optional_field
 from pipeline.api.v1 import guid, guid_reason, text_of
 from pipeline.fields import CHANNEL, ROW, TEMPLATE, TEMPLATE_NAME, TO, TO_ERROR
 from pipeline.outcome import Verdict, classify_status, error_text, parse_body
@@ -145,6 +146,45 @@ class V3(Generation):
                 "again: rows not sent yet are sent then",
             )
         return Answer(verdict, error=text)
+
+    def status_path(self, message_id: str) -> str | None:
+        return f"{self.messages_path}/{quote(message_id, safe='')}"
+
+    def read_status(self, status: int, content: bytes, *, secret: str) -> Answer:
+        """`GET /v3/messages/{id}` -> `data: {id, status, channel, events: [{status, timestamp, description}]}`.
+        The failure reason is the description of the event that set the status (the latest one with that status);
+        a 404 is a message the server does not know (permanent); other errors read as a send's do."""
+        if not 200 <= status < 300:
+            return self.read_answer(status, content, secret=secret)
+        body = parse_body(content)
+        data = body.get("data") if body is not None else None
+        current = data.get("status") if isinstance(data, dict) else None
+        if not isinstance(data, dict) or not isinstance(current, str) or not current:
+            return Answer(Verdict.PERMANENT, error=f"HTTP {status}: the answer holds no message status")
+        current = current.upper()
+        events = data.get("events")
+        setting = [
+            e
+            for e in (events if isinstance(events, list) else [])
+            if isinstance(e, dict) and _upper(e.get("status")) == current
+        ]
+        event = setting[-1] if setting else {}
+        state = MessageState(
+            message_id=str(data.get("id") or ""),
+            status=current,
+            error=_text(event.get("description")),
+            at=_text(event.get("timestamp")),
+            channel=_text(data.get("channel")),
+        )
+        return Answer(Verdict.SENT, found=state)
+
+
+def _upper(value: object) -> str | None:
+    return value.upper() if isinstance(value, str) else None
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def _message_ids(body: dict[str, Any] | None) -> tuple[str | None, dict[str, str] | None]:
