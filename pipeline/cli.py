@@ -26,7 +26,7 @@ from pipeline.campaign import (
 )
 from pipeline.campaign.plan import format_plan, plan_campaign
 from pipeline.merge import merge_shards
-from pipeline.progress import BarProgress, JsonProgress, LogProgress, emit_json, format_summary
+from pipeline.progress import BarProgress, JsonProgress, LogProgress, emit_json, format_summary, format_track
 from pipeline.sandbox import ENDPOINTS, serve_forever
 from pipeline.shard import Shard
 from pipeline.spec import CampaignSpec, Note, load_spec, parse_rate
@@ -199,7 +199,40 @@ def _build_parser() -> argparse.ArgumentParser:
     retry.add_argument(
         "--max-messages", type=_positive_int, metavar="N", help="resend up to N messages (overrides send.max_messages)"
     )
+    retry.add_argument(
+        "--delivery-failed",
+        action="store_true",
+        help="resend the rows whose delivery FAILED (as `track` learnt it) for a reason worth retrying, each under a "
+        "new Idempotency-Key; never opted-out or blocked numbers",
+    )
     retry.set_defaults(handler=_retry, dry_run=False, server_dry_run=False, limit=None, rate=None, wait=False)
+
+    track = commands.add_parser(
+        "track",
+        parents=[logs],
+        epilog=_TRACK_EPILOG,
+        formatter_class=formatter,
+        help="learn what became of the campaign's messages and add the delivery columns to the results file",
+        description="Merge the delivery statuses of the campaign's messages - from the webhook receiver's store "
+        "(--events) and/or by asking Sent.dm (--poll, v3) - into its state, and rewrite the results file with "
+        "result_delivery_status, _error, _at and _channel.",
+    )
+    track.add_argument("spec", help="path to the YAML job spec")
+    track.add_argument("--events", metavar="FILE", help="the store of `python -m pipeline webhooks`")
+    track.add_argument(
+        "--poll", action="store_true", help="v3: GET /v3/messages/{id} for every message without a final status"
+    )
+    track.add_argument(
+        "--until-final", action="store_true", help="with --poll: poll in rounds until every message is final"
+    )
+    track.add_argument(
+        "--max-wait", type=_duration, default=7200.0, metavar="DURATION", help="with --until-final (default 2h)"
+    )
+    track.add_argument(
+        "--poll-every", type=_duration, default=60.0, metavar="DURATION", help="pause between rounds (default 1m)"
+    )
+    track.add_argument("--summary-json", metavar="FILE", help="also write the summary as JSON to FILE")
+    track.set_defaults(handler=_track)
 
     plan = commands.add_parser(
         "plan",
@@ -275,6 +308,32 @@ exit codes:
 
 The store, the dedupe and ordering rules and deployment (TLS proxy, systemd): README.md, "Webhooks".
 """
+
+
+_TRACK_EPILOG = """\
+exit codes:
+  0    every message the campaign sent has a final status (DELIVERED, READ or FAILED)
+  2    spec or usage error (e.g. --poll on v1/v2, no state yet), or the campaign is running: nothing learnt
+  3    aborted: authentication failed, the service looks down, or the state could not be written
+  4    done, but some messages have no final status yet (track again later, or --until-final)
+  70   internal error (a bug)
+  130  interrupted (Ctrl-C); 143: SIGTERM. What was learnt is kept, and the results file is written
+
+The delivery columns and how a row's status is chosen from its messages: README.md, "Tracking delivery".
+"""
+
+
+def _duration(text: str) -> float:
+    """`90s`, `30m`, `2h`, `1h30m` (or plain seconds) -> seconds."""
+    import re
+
+    cleaned = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", cleaned):
+        return float(cleaned)
+    parts = re.findall(r"(\d+(?:\.\d+)?)([hms])", cleaned)
+    if not parts or "".join(n + u for n, u in parts) != cleaned:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90s, 30m, 2h or 1h30m")
+    return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
 
 
 def _host_port(text: str) -> tuple[str, int]:
@@ -432,6 +491,13 @@ def _retry(args: argparse.Namespace) -> int:
         else:
             print(f"warning: {warning}", file=sys.stderr)
     rows = _parse_rows(args.rows) if args.rows else None
+    if args.delivery_failed:
+        if args.status != "failed" or args.include_unknown or args.include_permanent:
+            raise errors.UsageError(
+                "--delivery-failed resends rows the server accepted whose delivery failed: it goes with --rows only, "
+                "not with --status, --include-unknown or --include-permanent"
+            )
+        return _run(args, RetrySelection(rows=rows, delivery_failed=True))
     return _run(args, RetrySelection(statuses=statuses, include_permanent=args.include_permanent, rows=rows))
 
 
@@ -486,6 +552,39 @@ def _write_json(path: Path, summary: RunSummary) -> None:
         raise errors.OutputError(
             f"{path}: cannot write the summary: {exc.strerror or exc}", after_sending=True
         ) from None
+
+
+def _track(args: argparse.Namespace) -> int:
+    from pipeline.campaign.track import TrackOptions, track_campaign
+
+    as_json = args.log_format == "json"
+    spec = _load(args.spec, as_json=as_json, offline=not args.poll)
+    summary_json = Path(args.summary_json).resolve() if args.summary_json else None
+    options = TrackOptions(
+        events=Path(args.events) if args.events else None,
+        poll=args.poll,
+        until_final=args.until_final,
+        max_wait_s=args.max_wait,
+        round_pause_s=args.poll_every,
+    )
+    summary = track_campaign(spec, options)
+    if as_json:
+        emit_json(sys.stdout, "track", **summary.to_json())
+    else:
+        print(format_track(summary))
+    if summary_json is not None:
+        try:
+            summary_json.parent.mkdir(parents=True, exist_ok=True)
+            summary_json.write_text(json.dumps(summary.to_json(), indent=2) + "\n", encoding="utf-8")
+        except OSError as exc:
+            raise errors.OutputError(f"{summary_json}: cannot write the summary: {exc.strerror or exc}") from None
+    if summary.interrupted_by == "SIGTERM":
+        return errors.EXIT_SIGTERM
+    if summary.interrupted_by is not None:
+        return errors.EXIT_SIGINT
+    if summary.aborted_reason is not None:
+        return errors.EXIT_ABORTED
+    return errors.EXIT_OK if summary.all_final else errors.EXIT_DEFERRED
 
 
 def _plan(args: argparse.Namespace) -> int:

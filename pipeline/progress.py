@@ -13,6 +13,7 @@ from typing import Any, TextIO
 from tqdm import tqdm
 
 from pipeline.campaign import RunStart, RunSummary
+from pipeline.campaign.track import TrackSummary
 
 
 def _done(counts: Mapping[str, int]) -> int:
@@ -243,4 +244,37 @@ def _retry_line(summary: RunSummary) -> str:
             f"; {summary.retry_refused_left} row(s) the server refused skipped (add `--include-permanent` to send "
             "them again after fixing them)"
         )
+    if summary.retry_delivery_kept:
+        line += (
+            f"; {summary.retry_delivery_kept} row(s) whose delivery failed for good (opted out, blocked, invalid "
+            "parameters) not resent"
+        )
     return line
+
+
+def format_track(summary: TrackSummary) -> str:
+    """The end-of-track text: what was learnt, the rows by delivery status, and what is still open."""
+    lines = [f"Track: campaign {summary.campaign} ({summary.api_version}), {summary.rows} row(s)"]
+    pending = summary.messages - summary.final
+    lines.append(f"  messages         {summary.messages} ({summary.final} final, {pending} not final yet)")
+    if summary.from_events:
+        lines.append(f"  from webhooks    {summary.from_events} status(es)")
+    if summary.rounds:
+        lines.append(f"  status lookups   {summary.lookups} answered in {summary.rounds} round(s)")
+    for reason, n in sorted(summary.lookup_errors.items(), key=lambda item: -item[1])[:5]:
+        lines.append(f"    no status for {n}: {reason}")
+    if summary.delivery:
+        lines.append("Sent rows by delivery status:")
+        for status, n in summary.delivery.items():
+            lines.append(f"  {status or '(nothing known yet)':<20}  {n}")
+    for note in summary.notes:
+        lines.append(f"Note: {note}")
+    if summary.timed_out:
+        lines.append(f"--max-wait is up with {pending} message(s) not final: track again later")
+    if summary.aborted_reason:
+        lines.append(f"Aborted: {summary.aborted_reason}")
+    if summary.interrupted_by:
+        lines.append(f"Interrupted by {summary.interrupted_by}: what was learnt is kept; track again to go on")
+    lines.append(f"Results: {summary.results_path}")
+    lines.append(f"State: {summary.state_path}")
+    return "\n".join(lines)

@@ -36,6 +36,14 @@ RESULT_SCHEMA: dict[str, type[pl.DataType]] = {
 
 # v3 only (the recipient is a phone number): the number as sent, in E.164; placed right after result_status
 TO_COLUMN = "result_to"
+# What `track` learnt of each row's messages (campaign/delivery.py decides a row's status from its messages'): last
+# in the file, present once `track` has run for the campaign
+DELIVERY_SCHEMA: dict[str, type[pl.DataType]] = {
+    "result_delivery_status": pl.String,  # QUEUED ROUTED SENT DELIVERED READ FAILED; empty when nothing is known
+    "result_delivery_error": pl.String,  # why it failed (ERR_CONSENT_BLOCKED...), when known
+    "result_delivery_at": pl.String,  # the time of the event that set the status, as Sent.dm gave it
+    "result_delivery_channel": pl.String,  # the channel of the message that gave the row its status
+}
 
 
 @dataclass(frozen=True)
@@ -61,6 +69,8 @@ def assemble_results(frame: pl.DataFrame, outcomes: pl.DataFrame) -> pl.DataFram
     """`frame` (the input with `result_row`) joined with `outcomes` (`result_row` and any of the result columns,
     one row per input row), columns in the documented order."""
     schema = result_schema(with_to=TO_COLUMN in outcomes.columns)
+    if "result_delivery_status" in outcomes.columns:
+        schema = {**schema, **DELIVERY_SCHEMA}
     missing = [pl.lit(None, dtype=dtype).alias(name) for name, dtype in schema.items() if name not in outcomes]
     typed = outcomes.with_columns(missing).select(pl.col(name).cast(dtype) for name, dtype in schema.items())
     input_columns = [c for c in frame.columns if c != ROW_COLUMN]

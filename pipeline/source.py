@@ -42,6 +42,10 @@ RESULT_COLUMNS = (
     "result_attempts",
     "result_sent_at",
     "result_latency_ms",
+    "result_delivery_status",
+    "result_delivery_error",
+    "result_delivery_at",
+    "result_delivery_channel",
 )
 BLOCK_BYTES = 2 << 20  # 20,000-40,000 typical rows: big enough for polars to be fast, small enough to stay flat
 PARQUET_BATCH_ROWS = 50_000

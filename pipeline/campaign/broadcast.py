@@ -20,7 +20,7 @@ import polars as pl
 
 from pipeline import payload
 from pipeline.api.v3 import broadcast_body, recipient_and_rest
-from pipeline.campaign.outcomes import PENDING_FLAG
+from pipeline.campaign.outcomes import PENDING_FLAG, SEND_KEY
 from pipeline.send import SendJob
 from pipeline.spec import CampaignSpec
 from pipeline.state import PendingRequest
@@ -47,13 +47,19 @@ class Broadcasts:
         self._open: dict[str, list[tuple[int, str, str]]] = {}  # message -> members waiting for more
 
     def jobs(self, chosen: pl.DataFrame) -> Iterator[SendJob]:
-        """Requests for `chosen` (result_row, payload, idempotency_key, pending), as soon as they can go."""
-        alone = chosen.filter(pl.col(PENDING_FLAG))
-        for row, body, key in alone.select(payload.ROW, payload.BODY, payload.KEY).iter_rows():
-            yield SendJob(row=row, key=key, body=body.encode(), maybe_delivered=True)
+        """Requests for `chosen` (result_row, payload, idempotency_key, pending, send_key), as soon as they can go."""
+        # a row sent before goes alone: its answer was lost (pending), or it is sent again under a key of its own
+        # because its delivery failed
+        on_its_own = pl.col(PENDING_FLAG) | (pl.col(SEND_KEY) != pl.col(payload.KEY))
+        alone = chosen.filter(on_its_own)
+        for row, body, key, pending, wire_key in alone.select(
+            payload.ROW, payload.BODY, payload.KEY, PENDING_FLAG, SEND_KEY
+        ).iter_rows():
+            own_key = wire_key if wire_key != key else None
+            yield SendJob(row=row, key=key, body=body.encode(), maybe_delivered=pending, idempotency_key=own_key)
         number, rest = recipient_and_rest(pl.col(payload.BODY))
         groups = (
-            chosen.filter(~pl.col(PENDING_FLAG))
+            chosen.filter(~on_its_own)
             .select(payload.ROW, payload.KEY, number.alias(_NUMBER), rest.alias(_REST))
             .group_by(_REST, maintain_order=True)
             .agg(payload.ROW, payload.KEY, _NUMBER)

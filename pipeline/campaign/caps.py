@@ -6,7 +6,7 @@ from __future__ import annotations
 from pipeline import payload
 from pipeline.campaign.guards import Guards
 from pipeline.campaign.options import RunOptions
-from pipeline.campaign.outcomes import empty_outcomes, select_rows
+from pipeline.campaign.outcomes import delivery_of, empty_outcomes, select_rows
 from pipeline.campaign.prepare import prepared_batches
 from pipeline.errors import UsageError
 from pipeline.spec import CampaignSpec
@@ -24,7 +24,10 @@ def check_cap(spec: CampaignSpec, options: RunOptions, store: StateStore | None,
     count = 0
     for batch in prepared_batches(spec, options.shard, keys=store is not None, bodies=0, guards=guards):
         recorded = store.lookup(batch.payloads[payload.KEY].to_list()) if store is not None else empty_outcomes()
-        chosen, selected = select_rows(batch.payloads, recorded, options)
+        resending = options.retry is not None and options.retry.delivery_failed
+        chosen, selected = select_rows(
+            batch.payloads, recorded, options, delivery_of(store, recorded) if resending else None
+        )
         count += chosen.height + selected.deferred
     if options.limit is not None:  # --limit: a smoke test sends at most that many
         count = min(count, options.limit)

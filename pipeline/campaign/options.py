@@ -42,6 +42,9 @@ class RetrySelection:
     statuses: frozenset[str] = frozenset({FAILED})
     include_permanent: bool = False  # failed rows the server refused for good (4xx) or that failed authentication
     rows: frozenset[int] | None = None  # result_row positions; None = all
+    # rows sent (acknowledged) whose delivery then FAILED for a reason worth another attempt (campaign/delivery.py):
+    # each goes again under a new Idempotency-Key, its key plus the attempt; `statuses` is not used then
+    delivery_failed: bool = False
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ class RunSummary:
     retry: bool  # the `retry` command (resending chosen rows) rather than a run
     retry_unknown_left: int  # retry: `unknown` rows not resent (they may have been delivered)
     retry_refused_left: int  # retry: rows the server refused for good (4xx, 401/403), not resent
+    retry_delivery_kept: int  # retry --delivery-failed: delivery failed for good (opted out, blocked), not resent
     recovered_in_flight: int  # rows an earlier, killed run left in flight
     recovered_resent: bool  # ...sent again under their keys (send.retry_ambiguous), rather than left `unknown`
     wall_s: float
@@ -379,6 +380,7 @@ def _summarise(
         retry=options.retry is not None,
         retry_unknown_left=tally.retry_unknown_left,
         retry_refused_left=tally.retry_refused_left,
+        retry_delivery_kept=tally.retry_delivery_kept,
         recovered_in_flight=skipped_recovered[1],
         recovered_resent=spec.retry_ambiguous,
         wall_s=round(time.monotonic() - started, 3),

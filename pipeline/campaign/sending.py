@@ -17,7 +17,7 @@ from pipeline import api, payload
 from pipeline.campaign.broadcast import Broadcasts, resumed
 from pipeline.campaign.guards import Guards
 from pipeline.campaign.options import ProgressSink, RunOptions, RunStart
-from pipeline.campaign.outcomes import PENDING_FLAG, select_rows
+from pipeline.campaign.outcomes import PENDING_FLAG, SEND_KEY, delivery_of, select_rows
 from pipeline.campaign.prepare import prepared_batches
 from pipeline.errors import InputError, OutputError
 from pipeline.limits import Pacer
@@ -40,6 +40,7 @@ class Tally:
         self.skipped = 0
         self.retry_unknown_left = 0
         self.retry_refused_left = 0
+        self.retry_delivery_kept = 0  # retry --delivery-failed: rows whose delivery failed for good (opted out...)
         self.progress = progress
         self.slowdowns = 0
         self.pauses = 0
@@ -102,10 +103,13 @@ def rows_to_send(
             control.abort(f"the input is broken further on: {exc}")
             return
         recorded = store.lookup(batch.payloads[payload.KEY].to_list())
-        chosen, selected = select_rows(batch.payloads, recorded, options)
+        resending = options.retry is not None and options.retry.delivery_failed
+        delivery = delivery_of(store, recorded) if resending else None
+        chosen, selected = select_rows(batch.payloads, recorded, options, delivery)
         tally.skipped += selected.skipped
         tally.retry_unknown_left += selected.unknown_left
         tally.retry_refused_left += selected.refused_left
+        tally.retry_delivery_kept += selected.delivery_kept
         tally.deferred += selected.deferred
         if selected.next_opening is not None:
             tally.next_opening = min(tally.next_opening or selected.next_opening, selected.next_opening)
@@ -115,15 +119,20 @@ def rows_to_send(
         if left is not None:
             chosen = chosen.head(left)
             left -= chosen.height
+        if resending and chosen.height:
+            # committed before any of them goes out: a rerun of the same command finds these rows with a new key
+            # (and, once sent, a new message), so it never sends them again under the old one
+            store.count_delivery_retries(chosen[payload.KEY].to_list())
         if broadcasts is not None:
             yield from broadcasts.jobs(chosen)
         else:
             # a row an earlier run sent and lost the answer to (pending after a crash, or `unknown` picked by
             # `retry`) may have been delivered already: failing now must not report it `failed`
-            for row, body, key, earlier in chosen.select(
-                payload.ROW, payload.BODY, payload.KEY, PENDING_FLAG
+            for row, body, key, earlier, wire_key in chosen.select(
+                payload.ROW, payload.BODY, payload.KEY, PENDING_FLAG, SEND_KEY
             ).iter_rows():
-                yield SendJob(row=row, key=key, body=body.encode(), maybe_delivered=earlier)
+                own_key = wire_key if wire_key != key else None
+                yield SendJob(row=row, key=key, body=body.encode(), maybe_delivered=earlier, idempotency_key=own_key)
         if left == 0:
             if broadcasts is not None:
                 yield from broadcasts.rest()
