@@ -562,3 +562,26 @@ def test_track_needs_a_source_and_a_sent_campaign(
     code, _, err = cli("track", spec, "--poll", "--max-wait", "soon")
     assert code == 2
     assert "is not a duration" in err
+
+
+def test_a_delivery_resend_whose_answer_was_lost_goes_again_under_the_same_new_key(
+    cli: Cli, tmp_path: Path, api: tuple[DeliveryApi, FaultServer]
+) -> None:
+    script, server = api
+    spec = campaign(tmp_path, server.url)
+    assert cli("run", spec)[0] == 0
+    first_key = script.sent_keys[0]
+    script.happened(NUMBERS[0], "FAILED", at="t1", reason="ERR_ROUTE_DENIED")
+    assert cli("track", spec, "--poll")[0] == 4
+    assert cli("retry", spec, "--delivery-failed")[0] == 0
+    assert script.sent_keys[4:] == [first_key + "-d1"]
+    resent_id = results(spec)["result_message_id"][0]
+    # as if the process had died with that request on the wire: the row is in flight again, its answer lost
+    with open_state(tmp_path / "out" / "v3-campaign.state.sqlite", "v3-campaign") as store:
+        store.commit([first_key], [])
+    code, out, err = cli("run", spec)
+    assert code == 0, out + err
+    # resent under the attempt's key, which the server answers with its first answer: no new message
+    assert script.sent_keys[4:] == [first_key + "-d1"]
+    assert [r.idempotency_key for r in server.requests if r.method == "POST"][-1] == first_key + "-d1"
+    assert results(spec)["result_message_id"][0] == resent_id
