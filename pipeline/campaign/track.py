@@ -10,6 +10,8 @@ spec's concurrency and rate, Retry-After, backoff, the circuit breaker, and a st
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -29,6 +31,7 @@ from pipeline.campaign.outcomes import write_results
 from pipeline.campaign.prepare import input_files
 from pipeline.campaign.run import state_path
 from pipeline.campaign.sending import _watch_signals
+from pipeline.campaign.waiting import signals_end_the_wait
 from pipeline.errors import OutputError, UsageError
 from pipeline.limits import Pacer
 from pipeline.outcome import Verdict
@@ -53,7 +56,8 @@ class TrackOptions:
     transport: httpx.AsyncBaseTransport | None = None  # tests inject one; None = a real network client
     handle_signals: bool = True
     clock: Callable[[], float] = time.monotonic  # --max-wait counts on it; tests move it
-    sleep: Callable[[float], object] = time.sleep  # the pause between rounds; tests pass one that moves the clock
+    # the pause between rounds; None: a sleep that SIGINT/SIGTERM end; tests pass one that moves their clock
+    sleep: Callable[[float], object] | None = None
 
 
 @dataclass(frozen=True)
@@ -135,10 +139,10 @@ def track_campaign(spec: CampaignSpec, options: TrackOptions) -> TrackSummary:
                     if left_s <= 0:
                         timed_out = True
                         break
-                    try:
-                        options.sleep(min(options.round_pause_s, left_s))
-                    except KeyboardInterrupt:
-                        control.interrupt_signal = 2
+                    # a signal ends the pause at once, as the run's interrupt: the results file is still written
+                    with signals_end_the_wait(control, enabled=options.handle_signals) as woken:
+                        (options.sleep or woken.wait)(min(options.round_pause_s, left_s))
+                    if control.stopping:
                         break
         store.mark_tracked()
         final = len(ids) - len(unsettled_messages(messages, store.delivery_facts(ids)))
@@ -146,11 +150,7 @@ def track_campaign(spec: CampaignSpec, options: TrackOptions) -> TrackSummary:
         totals = write_results(
             spec, RunOptions(), spec.output.results, store, NOT_SENT, after_sending=False, guards=guards
         )
-    interrupted = None
-    if control.interrupt_signal is not None:
-        import signal
-
-        interrupted = signal.Signals(control.interrupt_signal).name
+    interrupted = signal.Signals(control.interrupt_signal).name if control.interrupt_signal is not None else None
     return TrackSummary(
         campaign=spec.name,
         api_version=spec.api.version,
@@ -261,16 +261,14 @@ def _poll(
             if len(learnt) >= options.commit_every:
                 flush()
         else:
-            reason = outcome.error or "no answer"
+            # grouped by reason: the message's own id, if the answer echoes it, would make each reason unique
+            reason = (outcome.error or "no answer").replace(outcome.key, "{id}")
             errors[reason] = errors.get(reason, 0) + 1
 
     async def main() -> None:
         async with anyio.create_task_group() as group:
-            if options.handle_signals:
-                import threading
-
-                if threading.current_thread() is threading.main_thread():
-                    group.start_soon(_watch_signals, control, group.cancel_scope, config.timeout_s, None)
+            if options.handle_signals and threading.current_thread() is threading.main_thread():
+                group.start_soon(_watch_signals, control, group.cancel_scope, config.timeout_s, None)
 
             async def commit_now_and_then() -> None:
                 while True:

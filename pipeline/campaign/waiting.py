@@ -19,7 +19,7 @@ def wait_for_window(
 ) -> bool:
     """`run --wait`: sleep (holding the campaign's lock) until `opening`; False when a signal ends the wait (it is
     then the run's interrupt: the results file is written and the exit code says so)."""
-    with _signals_end_the_wait(control, enabled=options.handle_signals) as woken:
+    with signals_end_the_wait(control, enabled=options.handle_signals) as woken:
         if progress is not None:  # said once the signals are ours: one right after it must end the wait, not us
             progress.notice(
                 f"{deferred:,} row(s) outside their sending hours; waiting for the next window to open at "
@@ -35,7 +35,7 @@ def wait_for_window(
 
 
 @contextlib.contextmanager
-def _signals_end_the_wait(control: RunControl, *, enabled: bool) -> Iterator[threading.Event]:
+def signals_end_the_wait(control: RunControl, *, enabled: bool) -> Iterator[threading.Event]:
     """For the whole wait, SIGINT/SIGTERM stop the run (noted as its interrupt) and wake the sleep at once: a
     signal between two sleeps must not escape as an exception and leave the results file unwritten."""
     woken = threading.Event()
