@@ -560,7 +560,15 @@ def _track(args: argparse.Namespace) -> int:
     as_json = args.log_format == "json"
     spec = _load(args.spec, as_json=as_json, offline=not args.poll)
     summary_json = Path(args.summary_json).resolve() if args.summary_json else None
+
+    def on_round(number: int, waiting: int) -> None:
+        if as_json:
+            emit_json(sys.stderr, "round", round=number, messages=waiting)
+        else:
+            print(f"track: round {number}: asking for {waiting:,} message(s) without a final status", file=sys.stderr)
+
     options = TrackOptions(
+        on_round=on_round,
         events=Path(args.events) if args.events else None,
         poll=args.poll,
         until_final=args.until_final,

@@ -206,9 +206,10 @@ def test_polling_asks_only_for_messages_without_a_final_status(
     assert cli("track", spec, "--poll")[0] == 4
     asked_first = len(script.gets)
     script.happened(NUMBERS[3], "DELIVERED", at="2026-12-03T10:01:00Z")
-    code, out, _ = cli("track", spec, "--poll")
+    code, out, err = cli("track", spec, "--poll")
     assert code == 0
     assert len(script.gets) == asked_first + 1  # only the one still SENT
+    assert "track: round 1: asking for 1 message(s) without a final status" in err
     assert "4 final, 0 not final yet" in out
     assert delivery_columns(spec)[3] == ("DELIVERED", None, "2026-12-03T10:01:00Z", "sms")
 

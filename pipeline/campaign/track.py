@@ -55,6 +55,9 @@ class TrackOptions:
     commit_interval_s: float = 0.5
     transport: httpx.AsyncBaseTransport | None = None  # tests inject one; None = a real network client
     handle_signals: bool = True
+    # told at the start of each polling round: (round, messages to ask for); the CLI prints it (a long --until-final
+    # shows it is alive)
+    on_round: Callable[[int, int], None] | None = None
     clock: Callable[[], float] = time.monotonic  # --max-wait counts on it; tests move it
     # the pause between rounds; None: a sleep that SIGINT/SIGTERM end; tests pass one that moves their clock
     sleep: Callable[[float], object] | None = None
@@ -129,6 +132,8 @@ def track_campaign(spec: CampaignSpec, options: TrackOptions) -> TrackSummary:
                     if not waiting:
                         break
                     rounds += 1
+                    if options.on_round is not None:
+                        options.on_round(rounds, len(waiting))
                     answered = _poll(spec, base_url, waiting, store, control, options, errors)
                     lookups += answered
                     if control.stopping or not options.until_final:
