@@ -12,7 +12,7 @@ from typing import Any
 import polars as pl
 
 from pipeline import payload, results, source, validate
-from pipeline.campaign.delivery import row_deliveries, worth_resending
+from pipeline.campaign.delivery import message_ids, row_deliveries, worth_resending
 from pipeline.campaign.guards import CLOSES_AT, DEFERRED_REASON, OPENS_AT, ZONES, Guards
 from pipeline.campaign.options import RetrySelection, RunOptions
 from pipeline.campaign.prepare import PreparedBatch, prepared_batches
@@ -110,8 +110,6 @@ def delivery_of(store: StateStore | None, recorded: pl.DataFrame) -> pl.DataFram
     messages = recorded.select(payload.KEY, "result_message_id").drop_nulls("result_message_id")
     if store is None or messages.height == 0:
         return row_deliveries(messages, pl.DataFrame(schema=DELIVERY_COLUMNS))
-    from pipeline.campaign.delivery import message_ids
-
     return row_deliveries(messages, store.delivery_facts(message_ids(messages)))
 
 

@@ -122,7 +122,11 @@ def rows_to_send(
         if resending and chosen.height:
             # committed before any of them goes out: a rerun of the same command finds these rows with a new key
             # (and, once sent, a new message), so it never sends them again under the old one
-            store.count_delivery_retries(chosen[payload.KEY].to_list())
+            try:
+                store.count_delivery_retries(chosen[payload.KEY].to_list())
+            except store.write_errors as exc:
+                control.abort(f"cannot write the campaign state {store.location}: {exc}")
+                return
         if broadcasts is not None:
             yield from broadcasts.jobs(chosen)
         else:
