@@ -171,6 +171,7 @@ def summarize_results(results: pl.DataFrame, *, campaign: str, results_path: str
         Step("read", read, {"delivered, not read": delivery.get("DELIVERED", 0)} if delivery.get("DELIVERED") else {}),
     ]
     reasons, other = _reasons(frame)
+    timed = _timed(frame)
     return CampaignReport(
         campaign=campaign,
         results_path=results_path,
@@ -182,8 +183,8 @@ def summarize_results(results: pl.DataFrame, *, campaign: str, results_path: str
         reasons=reasons,
         other_reasons=other,
         channels=_channels(sent) if delivery_known else {},
-        timing=_timing(frame),
-        series=_series(frame),
+        timing=_timing(timed),
+        series=_series(timed),
     )
 
 
@@ -247,13 +248,9 @@ def _channels(sent: pl.DataFrame) -> dict[str, dict[str, int]]:
 
 
 def _times(column: str) -> pl.Expr:
-    # the tool writes ISO-8601 UTC with milliseconds and Z; other ISO forms a track source may give still parse
-    text = pl.col(column).str.strip_chars()
-    return pl.coalesce(
-        text.str.to_datetime("%Y-%m-%dT%H:%M:%S%.fZ", time_zone="UTC", strict=False, time_unit="ms"),
-        text.str.to_datetime("%Y-%m-%dT%H:%M:%S%.f%z", time_zone="UTC", strict=False, time_unit="ms"),
-        text.str.to_datetime("%Y-%m-%dT%H:%M:%SZ", time_zone="UTC", strict=False, time_unit="ms"),
-        text.str.to_datetime("%Y-%m-%dT%H:%M:%S%z", time_zone="UTC", strict=False, time_unit="ms"),
+    # ISO-8601 with Z (as the tool writes it) or an offset (as a track source may give it), any fraction of a second
+    return pl.col(column).str.strip_chars().str.to_datetime(
+        "%Y-%m-%dT%H:%M:%S%.f%#z", time_zone="UTC", strict=False, time_unit="ms"
     )
 
 
@@ -267,13 +264,15 @@ def _timed(frame: pl.DataFrame) -> pl.DataFrame:
     ).filter(pl.col("at").is_not_null())
 
 
-def _bin_ms(span: timedelta) -> int:
+def _bin_ms(span: timedelta, requests: int) -> int:
+    """The narrowest bin width that keeps the series within MAX_BINS bins and, where there are few requests, about
+    four requests a bin (a rate from one or two requests a bin is all noise)."""
+    most = max(1, min(MAX_BINS, requests // 4))
     span_ms = span.total_seconds() * 1000
-    return next((w for w in _BIN_WIDTHS_MS if span_ms / w < MAX_BINS), _BIN_WIDTHS_MS[-1])
+    return next((w for w in _BIN_WIDTHS_MS if span_ms / w < most), _BIN_WIDTHS_MS[-1])
 
 
-def _series(frame: pl.DataFrame) -> pl.DataFrame:
-    timed = _timed(frame)
+def _series(timed: pl.DataFrame) -> pl.DataFrame:
     empty = pl.DataFrame(
         schema={
             "at": pl.Datetime("ms", "UTC"),
@@ -291,7 +290,7 @@ def _series(frame: pl.DataFrame) -> pl.DataFrame:
     first, last = timed["at"].min(), timed["at"].max()
     assert isinstance(first, datetime)
     assert isinstance(last, datetime)
-    width = _bin_ms(last - first)
+    width = _bin_ms(last - first, timed.height)
     binned = (
         timed.with_columns(pl.col("at").dt.truncate(f"{width}ms"))
         .group_by("at")
@@ -321,14 +320,13 @@ def _series(frame: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _timing(frame: pl.DataFrame) -> Timing | None:
-    timed = _timed(frame)
+def _timing(timed: pl.DataFrame) -> Timing | None:
     if timed.is_empty():
         return None
     first, last = timed["at"].min(), timed["at"].max()
     assert isinstance(first, datetime)
     assert isinstance(last, datetime)
-    width = _bin_ms(last - first)
+    width = _bin_ms(last - first, timed.height)
     duration_s = (last - first).total_seconds()
     window = max(width, 1000)
     peak = int(timed.group_by(pl.col("at").dt.truncate(f"{window}ms")).len()["len"].max() or 0)  # type: ignore[arg-type]
