@@ -249,8 +249,10 @@ def _channels(sent: pl.DataFrame) -> dict[str, dict[str, int]]:
 
 def _times(column: str) -> pl.Expr:
     # ISO-8601 with Z (as the tool writes it) or an offset (as a track source may give it), any fraction of a second
-    return pl.col(column).str.strip_chars().str.to_datetime(
-        "%Y-%m-%dT%H:%M:%S%.f%#z", time_zone="UTC", strict=False, time_unit="ms"
+    return (
+        pl.col(column)
+        .str.strip_chars()
+        .str.to_datetime("%Y-%m-%dT%H:%M:%S%.f%#z", time_zone="UTC", strict=False, time_unit="ms")
     )
 
 
