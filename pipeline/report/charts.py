@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import UsageError
@@ -140,7 +141,7 @@ def rate_chart(report: CampaignReport) -> str | None:
         axes.set_title(f"Sending rate (answers per second, in {_width(timing.bin_ms)} bins, UTC)")
         axes.grid(axis="y", color=GRID)
         axes.set_axisbelow(True)
-        axes.legend(loc="upper right", ncols=2)
+        axes.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncols=2)
         return _svg(figure)
 
 
@@ -150,7 +151,8 @@ def latency_chart(report: CampaignReport) -> str | None:
     if timing is None or series.is_empty():
         return None
     with _figure(9.0, 3.0) as (figure, axes):
-        at = series["at"].to_list()
+        middle = timedelta(milliseconds=timing.bin_ms / 2)  # a bin's figures belong to its middle, as its bar shows
+        at = [start + middle for start in series["at"].to_list()]
         marker = "o" if series.height < 30 else None
         axes.plot(at, series["max_ms"].to_list(), color="#bcccdc", label="max", marker=marker, markersize=3)
         axes.plot(at, series["p90_ms"].to_list(), color="#f0b429", label="p90", marker=marker, markersize=3)
@@ -162,7 +164,7 @@ def latency_chart(report: CampaignReport) -> str | None:
         axes.set_ylabel("ms")
         axes.set_title(f"Request latency (per {_width(timing.bin_ms)} bin, UTC)")
         axes.grid(axis="y", color=GRID)
-        axes.legend(loc="upper right", ncols=3)
+        axes.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncols=3)
         return _svg(figure)
 
 

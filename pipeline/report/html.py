@@ -159,7 +159,12 @@ def _cards(report: CampaignReport) -> str:
     cards = [
         _card("rows", "Rows", rows, "in the input"),
         _card("valid", "Valid", valid, f"{percent(valid, rows)} of rows"),
-        _card("accepted", "Accepted", accepted, f"{percent(accepted, valid)} of valid; {not_sent:,} not"),
+        _card(
+            "accepted",
+            "Accepted",
+            accepted,
+            f"{percent(accepted, valid)} of valid" + (f"; {not_sent:,} not" if not_sent else ""),
+        ),
         _card("delivered", "Delivered", delivered, _of_accepted(delivered, accepted)),
         _card("read", "Read", read, _of_accepted(read, accepted), "good" if read else ""),
         _card("failed", "Delivery failed", failed, _of_accepted(failed, accepted), "bad" if failed else ""),
