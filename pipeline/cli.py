@@ -255,6 +255,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("spec", help="path to the YAML job spec")
     report.add_argument("--html", metavar="FILE", help="write the report as one HTML file (replaced atomically)")
+    report.add_argument("--json", action="store_true", help="print the figures as one JSON object instead of text")
     report.set_defaults(handler=_campaign_report)
 
     webhooks = commands.add_parser(
@@ -528,7 +529,8 @@ def _campaign_report(args: argparse.Namespace) -> int:
     spec = _load(args.spec, offline=True)
     html = Path(args.html).resolve() if args.html else None
     if html is None:
-        print(format_report(report_campaign(spec)))
+        found = report_campaign(spec)
+        print(json.dumps(found.to_json(), ensure_ascii=False) if args.json else format_report(found))
         return errors.EXIT_OK
     check_report_path(spec, html)
     write_html(report_campaign(spec), html)

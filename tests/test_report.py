@@ -193,6 +193,36 @@ def test_text_report_shows_the_funnel_and_masked_reasons_and_no_personal_data(tm
     assert "Zebedee" not in done.stdout
 
 
+def test_json_report_holds_the_same_figures(tmp_path: Path) -> None:
+    done = _report(_campaign(tmp_path, _results()), "--json")
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout)
+    assert {step["name"]: step["count"] for step in found["funnel"]} == {
+        "rows": 10,
+        "valid": 7,
+        "accepted": 6,
+        "delivered": 3,
+        "read": 1,
+    }
+    assert found["delivery_statuses"]["FAILED"] == 1
+    assert found["timing"]["first_at"] == "2026-11-24T09:00:00.250Z"
+    assert "4155550123" not in done.stdout
+
+
+def test_html_without_matplotlib_says_what_to_install(tmp_path: Path) -> None:
+    spec = _campaign(tmp_path, _results())
+    code = (
+        "import sys; sys.modules['matplotlib'] = None; from pipeline.cli import main; "
+        f"sys.exit(main(['report', {str(spec)!r}, '--html', {str(tmp_path / 'r.html')!r}]))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2
+    assert "pip install 'sentdm-batch[report]'" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "r.html").exists()
+    assert _report(spec).returncode == 0  # the text report needs nothing more
+
+
 def test_text_report_before_track_says_delivery_is_not_yet_known(tmp_path: Path) -> None:
     done = _report(_campaign(tmp_path, _results(delivery=False)))
     assert done.returncode == 0, done.stderr

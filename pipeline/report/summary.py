@@ -10,8 +10,8 @@ The delivery columns (`result_delivery_status`, `result_delivery_error`, `result
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
@@ -99,6 +99,33 @@ class CampaignReport:
 
     def count(self, step: str) -> int:
         return next(s.count for s in self.funnel if s.name == step)
+
+    def to_json(self) -> dict[str, object]:
+        """The aggregates as one JSON-ready object (the time series left out: it is for the charts)."""
+        timing = None
+        if self.timing is not None:
+            timing = {
+                **asdict(self.timing),
+                "first_at": _iso(self.timing.first_at),
+                "last_at": _iso(self.timing.last_at),
+            }
+        return {
+            "campaign": self.campaign,
+            "results": self.results_path,
+            "rows": self.rows,
+            "funnel": [asdict(step) for step in self.funnel],
+            "statuses": self.statuses,
+            "delivery_known": self.delivery_known,
+            "delivery_statuses": self.delivery_statuses,
+            "channels": self.channels,
+            "reasons": [asdict(reason) for reason in self.reasons],
+            "other_reasons": self.other_reasons,
+            "timing": timing,
+        }
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def read_results(path: Path, *, separator: str = ",") -> pl.DataFrame:
