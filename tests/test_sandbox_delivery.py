@@ -568,3 +568,46 @@ def test_bad_delivery_keys_are_named_with_a_fix(tmp_path: Path, sandbox: dict[st
     assert problem in message
     for secret_part in ("sk_not_a_webhook_secret", "!!not-base64!!", SECRET):
         assert secret_part not in message
+
+
+# --- python -m pipeline sandbox -----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_sandbox_command_keeps_messages_and_posts_webhooks(tmp_path: Path, recording: RecordingReceiver) -> None:
+    command = [sys.executable, "-m", "pipeline", "sandbox", "--seed", "5", "--delivery-ms", "50"]
+    command += ["--messages", str(tmp_path / "messages.sqlite"), "--webhook-url", recording.url]
+    process = subprocess.Popen(
+        command,
+        cwd=REPO,
+        env={**os.environ, SECRET_ENV: SECRET},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        first = process.stdout.readline()
+        url = first.split()[3]
+        ids = message_ids(send(url, ["+14155550123"], channel=["sms"]))
+    finally:
+        process.terminate()
+        output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0
+    assert "Webhooks: 4 of 4 delivered to 127.0.0.1:" in output
+    assert SECRET not in first + output
+    assert len(recording.deliveries) == 4
+    with SandboxServer(
+        messages_path=tmp_path / "messages.sqlite", delivery=DeliveryOptions(delivery_ms=50, seed=5)
+    ) as later:
+        assert look_up(later.url, ids[0]).json()["data"]["status"] in {"DELIVERED", "FAILED"}
+
+
+def test_the_sandbox_command_needs_the_secret_for_webhooks(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pipeline.cli import main
+
+    monkeypatch.delenv(SECRET_ENV, raising=False)
+    assert main(["sandbox", "--webhook-url", "http://127.0.0.1:9/webhooks/sent"]) == errors.EXIT_USAGE
+    assert SECRET_ENV in capsys.readouterr().err

@@ -755,11 +755,13 @@ class SandboxServer:
         }
 
 
-def serve_forever(*, host: str, port: int, on_ready: Callable[[str], None], **options: Any) -> None:
+def serve_forever(*, host: str, port: int, on_ready: Callable[[str], None], **options: Any) -> SandboxServer:
     """Run a sandbox in the current thread until SIGINT/SIGTERM, then shut down.
 
     ``options`` are :class:`SandboxServer` keyword arguments; ``on_ready`` gets
     the base URL once the socket is listening. Call it from the main thread:
-    signal handlers cannot be installed anywhere else.
+    signal handlers cannot be installed anywhere else. Returns the stopped server, for its counters.
     """
-    SandboxServer(host=host, port=port, **options).serve_forever(on_ready)
+    server = SandboxServer(host=host, port=port, **options)
+    server.serve_forever(on_ready)
+    return server
