@@ -12,6 +12,7 @@ import collections
 import http.server
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -611,3 +612,31 @@ def test_the_sandbox_command_needs_the_secret_for_webhooks(
     monkeypatch.delenv(SECRET_ENV, raising=False)
     assert main(["sandbox", "--webhook-url", "http://127.0.0.1:9/webhooks/sent"]) == errors.EXIT_USAGE
     assert SECRET_ENV in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_loop_sample_runs_from_a_fresh_copy_into_the_receiver(tmp_path: Path) -> None:
+    for name in ("configs", "sample_data"):
+        shutil.copytree(REPO / name, tmp_path / name)
+    receiver = ReceiverProcess(tmp_path / "events.sqlite")
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SENT_DM_", "SENTDM_"))}
+        env.update({SECRET_ENV: SECRET, "SENT_DM_WEBHOOK_URL": receiver.url})
+        ran = subprocess.run(
+            [sys.executable, "-m", "pipeline", "run", "configs/campaign-v3-loop.yaml"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        receiver.stop()
+    assert ran.returncode == errors.EXIT_ROWS_NOT_SENT, ran.stderr  # the sample's invalid numbers, on purpose
+    assert "could not be delivered" in ran.stdout + ran.stderr
+    table = pl.read_csv(tmp_path / "out" / "order-shipped-v3-loop-results.csv", infer_schema=False)
+    sent = table.filter(pl.col("result_status") == "sent")["result_message_id"].to_list()
+    received = statuses(tmp_path / "events.sqlite")
+    assert set(received) == set(sent)
+    # seed 7 shows every ending in the sample
+    assert {message.status for message in received.values()} == {"DELIVERED", "READ", "FAILED"}
