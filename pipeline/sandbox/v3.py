@@ -235,7 +235,7 @@ def _keep_messages(state: SandboxState, recipients: list[dict[str, str]], templa
     accepted_at = state.clock()
     for recipient in recipients:
         message = KeptMessage(recipient["message_id"], accepted_at, recipient["to"], recipient["channel"], template_id)
-        if state.registry.add(message) and state.poster is not None:
+        if state.registry.add(message, check_kept=state.poster is not None) and state.poster is not None:
             steps = steps_of(message.id, message.channel, accepted_at, state.delivery)
             state.poster.schedule(message.id, message.channel, template_id, steps)
 
