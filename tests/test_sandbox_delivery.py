@@ -366,6 +366,18 @@ def test_a_receiver_that_is_down_is_given_up_on_when_the_sandbox_stops() -> None
     assert RETRIES >= 1
 
 
+def test_posts_to_a_receiver_that_never_answers_are_cut_short_and_counted() -> None:
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)  # connections complete in the kernel's backlog; nothing ever reads or answers them
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/webhooks/sent"
+        options = DeliveryOptions(delivery_ms=0, failure_rate=0.0)
+        with SandboxServer(delivery=options, webhooks=WebhookTarget(url, KEY)) as sandbox:
+            send(sandbox.url, ["+14155550123"], channel=["sms"])
+    # every post was still waiting for an answer when the sandbox's stop gave up on it
+    assert sandbox.webhook_counts() == (4, 0, 4)
+
+
 # --- campaigns: the whole loop with the real receiver -------------------------------------------------------------
 
 

@@ -124,9 +124,12 @@ class WebhookPoster:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._drained(), max(0.0, self._deadline - loop.time()))
         self._runner.cancel()
-        for task in list(self._posting):
+        unfinished = [task for task in self._posting if not task.done()]
+        for task in unfinished:
             task.cancel()
-        await asyncio.gather(self._runner, *self._posting, return_exceptions=True)
+        ended = await asyncio.gather(self._runner, *unfinished, return_exceptions=True)
+        # a post cut short counted itself neither way
+        self.undelivered += sum(isinstance(result, asyncio.CancelledError) for result in ended[1:])
         self.undelivered += len(self._due)
         self._due.clear()
         if self._client is not None:
