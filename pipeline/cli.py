@@ -272,7 +272,13 @@ def _build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--port", type=int, default=0, help="port to listen on (default: any free port)")
     sandbox.add_argument("--latency-ms", type=float, default=0.0, help="delay before each answer")
     sandbox.add_argument("--failure-rate", type=float, default=0.0, help="fraction of requests that fail (0-1)")
-    sandbox.add_argument("--seed", type=int, help="seed for the injected failures")
+    sandbox.add_argument("--seed", type=int, help="seed for the injected failures and the v3 messages' fates")
+    sandbox.add_argument("--delivery-ms", type=float, default=1000.0, help="v3: time to each message's last status")
+    sandbox.add_argument(
+        "--delivery-failure-rate", type=float, default=0.05, help="v3: fraction of accepted messages that fail (0-1)"
+    )
+    sandbox.add_argument("--messages", type=Path, help="v3: SQLite file keeping accepted messages (default: memory)")
+    sandbox.add_argument("--webhook-url", help="v3: post status changes there, signed with $SENT_DM_WEBHOOK_SECRET")
     # unset (None) lets each generation answer success its own way: v1 200 JSON, v2 204 empty
     sandbox.add_argument(
         "--empty-success", action="store_true", default=None, help="answer v1 sends too with 204 and no body (like v2)"
@@ -646,6 +652,18 @@ def _campaign_report(args: argparse.Namespace) -> int:
 
 
 def _sandbox(args: argparse.Namespace) -> int:
+    # imported here: only this command builds them
+    from pipeline.sandbox.lifecycle import DeliveryOptions
+    from pipeline.sandbox.webhook_posts import WebhookTarget
+
+    target = None
+    if args.webhook_url:
+        if not args.webhook_url.startswith(("http://", "https://")):
+            raise errors.UsageError(
+                "sandbox: --webhook-url must be an http(s) URL, such as http://127.0.0.1:8080/webhooks/sent"
+            )
+        target = WebhookTarget(args.webhook_url, WebhookSecret.from_env(os.environ).key)  # exit 2 when unset or bad
+
     def ready(url: str) -> None:
         print(f"Sandbox listening on {url} (Sent.dm API v1, v2 and v3); Ctrl-C to stop")
         for generation, method, path in ENDPOINTS:
@@ -653,7 +671,10 @@ def _sandbox(args: argparse.Namespace) -> int:
         sys.stdout.flush()
 
     try:
-        serve_forever(
+        delivery = DeliveryOptions(
+            delivery_ms=args.delivery_ms, failure_rate=args.delivery_failure_rate, seed=args.seed or 0
+        )
+        server = serve_forever(
             host="127.0.0.1",
             port=args.port,
             on_ready=ready,
@@ -662,11 +683,18 @@ def _sandbox(args: argparse.Namespace) -> int:
             seed=args.seed,
             empty_success=args.empty_success,
             count_keys=False,  # a long-running server must not grow with every message
+            delivery=delivery,
+            messages_path=args.messages,
+            webhooks=target,
         )
     except ValueError as exc:
         raise errors.UsageError(f"sandbox: {exc}") from None
     except OSError as exc:
         raise errors.UsageError(f"sandbox: cannot listen on 127.0.0.1:{args.port}: {exc.strerror or exc}") from None
+    counts = server.webhook_counts()
+    if target is not None and counts is not None:
+        scheduled, _delivered, undelivered = counts
+        print(f"Webhooks: {scheduled - undelivered} of {scheduled} delivered to {target.where}; {undelivered} not")
     return errors.EXIT_OK
 
 

@@ -5,6 +5,8 @@ are errors, so a typo never silently falls back to a default.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import codecs
 import difflib
 import os
@@ -30,6 +32,7 @@ from pydantic import (
 )
 
 from pipeline.errors import SpecError
+from pipeline.sandbox.lifecycle import DEFAULT_DELIVERY_MS, DEFAULT_FAILURE_RATE, DEFAULT_READ_RATE
 from pipeline.state_location import PostgresState, is_postgres_url
 
 GUID_PATTERN = r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$"
@@ -218,11 +221,58 @@ class SandboxTemplateSpec(_Strict):
         return self
 
 
+class SandboxWebhooksSpec(_Strict):
+    """Where the sandbox posts its messages' status changes, signed as Sent.dm signs them; an empty url: nowhere."""
+
+    url: str = ""
+    secret: SecretStr | None = None  # a whsec_... value, normally ${SENT_DM_WEBHOOK_SECRET}
+    include_reason: bool = False  # FAILED events carry the reason as error_code (Sent.dm's documented ones do not)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        if url and not re.match(URL_PATTERN, url):
+            raise ValueError("must be an absolute http(s) URL, such as http://127.0.0.1:8080/webhooks/sent")
+        return url
+
+    @field_validator("secret")
+    @classmethod
+    def _whsec(cls, secret: SecretStr | None) -> SecretStr | None:
+        text = "" if secret is None else secret.get_secret_value().strip()
+        if not text:
+            return None
+        # the messages never quote the value
+        if not text.startswith("whsec_"):
+            raise ValueError("must be a signing secret starting with whsec_ (write ${SENT_DM_WEBHOOK_SECRET})")
+        try:
+            key = base64.b64decode(text.removeprefix("whsec_"), validate=True)
+        except (binascii.Error, ValueError):
+            key = b""
+        if not key:
+            raise ValueError("the part after whsec_ is not valid base64: copy the whole signing secret")
+        return SecretStr(text)
+
+    @model_validator(mode="after")
+    def _secret_with_url(self) -> SandboxWebhooksSpec:
+        if self.url and self.secret is None:
+            raise ValueError(
+                "url is set but secret is empty: write `secret: ${SENT_DM_WEBHOOK_SECRET}` and export the "
+                "receiver's signing secret (whsec_...), or leave url empty to post nothing"
+            )
+        return self
+
+
 class SandboxSpec(_Strict):
     latency_ms: float = Field(default=0.0, ge=0, le=60_000)
     failure_rate: float = Field(default=0.0, ge=0, le=1)
     seed: int | None = None
     templates: tuple[SandboxTemplateSpec, ...] | None = None  # None: the sandbox's defaults (order_shipped, ...)
+    # v3 delivery: time from acceptance to each message's last status (between half and all of it), the share of
+    # accepted messages that end FAILED, the share of delivered WhatsApp/RCS messages read; defaults in lifecycle.py
+    delivery_ms: float = Field(default=DEFAULT_DELIVERY_MS, ge=0, le=600_000)
+    delivery_failure_rate: float = Field(default=DEFAULT_FAILURE_RATE, ge=0, le=1)
+    read_rate: float = Field(default=DEFAULT_READ_RATE, ge=0, le=1)
+    webhooks: SandboxWebhooksSpec = SandboxWebhooksSpec()
 
     @field_validator("templates")
     @classmethod
@@ -961,7 +1011,8 @@ def _format_validation_error(spec_path: Path, exc: ValidationError, data: Any) -
                 hint = "write the file's path, or `{path: FILE, column: NAME}`"
             else:
                 hint = "indent the keys under it"
-            lines.append(f"  {key}: must be a mapping, got {error.get('input')!r}. Hint: {hint}")
+            got_text = "a string" if "webhooks" in key else repr(error.get("input"))  # it may be the secret
+            lines.append(f"  {key}: must be a mapping, got {got_text}. Hint: {hint}")
         elif kind == "missing":
             hint = _HINTS.get(key, "see the spec reference in README.md")
             lines.append(f"  {key}: required key is missing. Hint: {hint}")
@@ -970,7 +1021,8 @@ def _format_validation_error(spec_path: Path, exc: ValidationError, data: Any) -
             got = error.get("input")
             # a custom rule's message already names the value; a type error shows it (never the API key's)
             scalar = not isinstance(got, dict | list) and got is not None
-            shown = f" (got {got!r})" if scalar and kind != "value_error" and "api_key" not in key else ""
+            secret = "api_key" in key or "secret" in key
+            shown = f" (got {got!r})" if scalar and kind != "value_error" and not secret else ""
             hint_text = f". Hint: {_HINTS[key]}" if key in _HINTS else ""
             lines.append(f"  {key}: {message}{shown}{hint_text}")
     message_section = data.get("message") if isinstance(data, dict) else None

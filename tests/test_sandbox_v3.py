@@ -735,7 +735,7 @@ def test_the_sandbox_command_announces_every_generation_and_answers_each() -> No
     try:
         assert process.stdout is not None
         first = process.stdout.readline()
-        endpoints = [tuple(process.stdout.readline().split()) for _ in range(4)]
+        endpoints = [tuple(process.stdout.readline().split()) for _ in range(5)]
         v1_url, v2_url, v3_url = (url for _, method, url in endpoints if method == "POST")
         sender = {"x-api-key": API_KEY, "x-sender-id": "00000000-0000-4000-8000-000000000000"}
         contact = {"contactId": SHIPPED, "templateId": SHIPPED}
@@ -752,7 +752,9 @@ def test_the_sandbox_command_announces_every_generation_and_answers_each() -> No
         ("v2:", "POST"),
         ("v3:", "POST"),
         ("v3:", "GET"),
+        ("v3:", "GET"),
     ]
-    assert endpoints[3][2].endswith("/v3/templates/{id}")
+    assert endpoints[3][2].endswith("/v3/messages/{id}")
+    assert endpoints[4][2].endswith("/v3/templates/{id}")
     assert (v1.status_code, v2.status_code, v3.status_code) == (200, 204, 202)
     assert process.returncode == 0

@@ -3,30 +3,75 @@ started for the command; and, on v3, the template check (api/templates.py) over 
 
 from __future__ import annotations
 
+import base64
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import polars as pl
 
 from pipeline import source
 from pipeline.api.templates import TemplateCheck, check_templates
 from pipeline.sandbox import SandboxServer
+from pipeline.sandbox.lifecycle import DeliveryOptions
+from pipeline.sandbox.webhook_posts import WebhookTarget
 from pipeline.spec import GUID_PATTERN, CampaignSpec, SandboxSpec
 
 
 @contextlib.contextmanager
-def api_endpoint(spec: CampaignSpec) -> Iterator[str]:
-    """The base URL of the API for this command; a sandbox spec gets a local server for as long as it runs."""
+def api_endpoint(spec: CampaignSpec, *, notice: Callable[[str], None] | None = None) -> Iterator[str]:
+    """The base URL of the API for this command; a sandbox spec gets a local server for as long as it runs.
+
+    The sandbox keeps the v3 messages it accepts in ``sandbox_messages_path(spec)``, so a later command's sandbox
+    (`track --poll`) answers ``GET /v3/messages/{id}`` for them, and posts their status changes when
+    ``api.sandbox.webhooks.url`` is set. On leaving, it waits for the status changes still due (about
+    ``delivery_ms`` and a little more, however dead the receiver), then ``notice`` gets one line saying how many
+    webhooks could not be delivered, and what kept the registry from being written, if anything did."""
     if not spec.api.is_sandbox:
         yield spec.api.base_url
         return
     box = spec.api.sandbox or SandboxSpec()
     templates = None if box.templates is None else [t.model_dump() for t in box.templates]
+    hooks = box.webhooks
+    target = None
+    if hooks.url and hooks.secret is not None:
+        key = base64.b64decode(hooks.secret.get_secret_value().removeprefix("whsec_"))
+        target = WebhookTarget(hooks.url, key, include_reason=hooks.include_reason)
+    delivery = DeliveryOptions(
+        delivery_ms=box.delivery_ms,
+        failure_rate=box.delivery_failure_rate,
+        read_rate=box.read_rate,
+        seed=box.seed or 0,
+    )
     server = SandboxServer(
-        latency_ms=box.latency_ms, failure_rate=box.failure_rate, seed=box.seed, count_keys=False, templates=templates
+        latency_ms=box.latency_ms,
+        failure_rate=box.failure_rate,
+        seed=box.seed,
+        count_keys=False,
+        templates=templates,
+        delivery=delivery,
+        messages_path=sandbox_messages_path(spec),
+        webhooks=target,
     )
     with server:
         yield server.url
+    if notice is None:
+        return
+    counts = server.webhook_counts()
+    if target is not None and counts is not None and counts[0]:
+        scheduled, _delivered, undelivered = counts
+        notice(
+            f"Sandbox webhooks: {scheduled - undelivered} of {scheduled} status event(s) delivered to "
+            f"{target.where}; {undelivered} could not be delivered"
+        )
+    if server.registry_error is not None:
+        notice(f"Sandbox: {server.registry_error}; `track --poll` will not find every message")
+
+
+def sandbox_messages_path(spec: CampaignSpec) -> Path:
+    """Where a sandbox campaign's accepted v3 messages are kept: beside its results file, named after the campaign
+    (shards and test sends of the campaign share it)."""
+    return spec.output.results.parent / f"{spec.name}.sandbox-messages.sqlite"
 
 
 def template_references(spec: CampaignSpec) -> list[str]:

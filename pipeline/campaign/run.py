@@ -170,7 +170,7 @@ def run_campaign(
         if guards is not None and progress is not None:
             for note in guards.notes():
                 progress.warn(note)
-        base_url = stack.enter_context(api_endpoint(spec))
+        base_url = stack.enter_context(api_endpoint(spec, notice=None if progress is None else progress.notice))
         # v3: every template exists, is approved and has its variables mapped - or nothing is sent (exit 2)
         templates = checked_templates(spec, base_url)
         if templates is not None and progress is not None:

@@ -21,12 +21,16 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any, cast
 
 from pipeline.sandbox import v1, v2, v3
 from pipeline.sandbox.exchange import Request, Response, Route, plain_error
+from pipeline.sandbox.lifecycle import DeliveryOptions
+from pipeline.sandbox.registry import RegistryError
 from pipeline.sandbox.state import SandboxState
+from pipeline.sandbox.webhook_posts import WebhookTarget
 
 __all__ = [
     "ENDPOINTS",
@@ -43,6 +47,7 @@ ENDPOINTS = (
     ("v1", "POST", v1.PATH),
     ("v2", "POST", v2.PATH),
     ("v3", "POST", v3.MESSAGES_PATH),
+    ("v3", "GET", v3.MESSAGES_PATH + "/{id}"),
     ("v3", "GET", v3.TEMPLATES_PATH + "/{id}"),
 )
 MAX_HEADER_BYTES = 64 * 1024
@@ -52,6 +57,10 @@ MAX_BODY_BYTES = 1024 * 1024
 # delayed answer pending, or a client not reading its answers) stops being read.
 _MAX_BUFFERED = MAX_HEADER_BYTES + MAX_BODY_BYTES
 _SHUTDOWN_GRACE_S = 1.0
+# accepted messages reach the registry file in batches, this often (and when the server stops)
+_REGISTRY_COMMIT_S = 0.2
+# when the server stops, webhooks still due are given until the last is due plus this long to be delivered
+WEBHOOK_GRACE_S = 2.0
 # After a "Connection: close" answer we keep reading (and discarding) for a while:
 # closing a socket with unread input makes the kernel send RST, which can destroy
 # the answer before the client reads it (the "lingering close" of RFC 9112 9.6).
@@ -490,6 +499,10 @@ class SandboxServer:
     ``name``, ``status``, ``variables``, ``channels``); ``rate_limit_per_min``
     refuses requests over it with 429; ``clock`` (Unix seconds, default
     ``time.time``) is what idempotency keys age and rate windows turn on.
+    v3 delivery: ``delivery`` says how accepted messages fare (default: about a second each, 5% failing, on
+    ``seed``); ``messages_path`` is the SQLite file that keeps them for ``GET /v3/messages/{id}`` (None: in
+    memory); ``webhooks`` is where their status changes are posted, signed (None: nowhere). ``stop()`` waits for due
+    webhooks at most until the last is due plus ``WEBHOOK_GRACE_S``; ``webhook_counts()`` says how that went.
     """
 
     def __init__(
@@ -508,6 +521,9 @@ class SandboxServer:
         templates: Sequence[Mapping[str, Any]] | None = None,
         rate_limit_per_min: int | None = None,
         clock: Callable[[], float] | None = None,
+        delivery: DeliveryOptions | None = None,
+        messages_path: Path | None = None,
+        webhooks: WebhookTarget | None = None,
     ) -> None:
         if not isinstance(host, str) or not host:
             raise ValueError("host must be a non-empty string")
@@ -527,6 +543,9 @@ class SandboxServer:
             templates=templates,
             rate_limit_per_min=rate_limit_per_min,
             clock=clock,
+            delivery=delivery,
+            messages_path=messages_path,
+            webhooks=webhooks,
         )
         self._engine = _Engine(self._state)
         self._lock = threading.Lock()
@@ -538,6 +557,7 @@ class SandboxServer:
         self._finished = threading.Event()
         self._startup_error: BaseException | None = None
         self._url: str | None = None
+        self._registry_error: str | None = None
 
     # lifecycle
 
@@ -646,6 +666,7 @@ class SandboxServer:
         loop = asyncio.get_running_loop()
         engine = self._engine
         server = await loop.create_server(lambda: _HttpProtocol(engine), self._host, self._port, backlog=1024)
+        committer = loop.create_task(self._commit_registry())
         try:
             self._url = _url_for(server.sockets[0].getsockname())
             on_listening(self._url)
@@ -654,6 +675,26 @@ class SandboxServer:
             server.close()
             await engine.close_connections()
             await server.wait_closed()
+            committer.cancel()
+            await asyncio.gather(committer, return_exceptions=True)
+            self._close_registry()
+            if self._state.poster is not None:
+                await self._state.poster.finish(grace_s=WEBHOOK_GRACE_S)
+
+    async def _commit_registry(self) -> None:
+        registry = self._state.registry
+        while True:
+            await asyncio.sleep(_REGISTRY_COMMIT_S)
+            try:
+                registry.commit()
+            except RegistryError as exc:
+                self._registry_error = str(exc)
+
+    def _close_registry(self) -> None:
+        try:
+            self._state.registry.close()
+        except RegistryError as exc:
+            self._registry_error = str(exc)
 
     # counters
 
@@ -693,6 +734,17 @@ class SandboxServer:
         headers = self._state.last_headers
         return None if headers is None else dict(headers)
 
+    @property
+    def registry_error(self) -> str | None:
+        """Why the message registry could not be written, if it could not (its file is named, no message)."""
+        return self._registry_error
+
+    def webhook_counts(self) -> tuple[int, int, int] | None:
+        """(status changes scheduled, delivered, given up on) of the webhooks; None when none are configured.
+        Final once ``stop()`` returned."""
+        poster = self._state.poster
+        return None if poster is None else (poster.scheduled, poster.delivered, poster.undelivered)
+
     def stats(self) -> dict[str, int]:
         """Headline counters; ``duplicate_keys`` ignores requests without a key."""
         state = self._state
@@ -703,11 +755,13 @@ class SandboxServer:
         }
 
 
-def serve_forever(*, host: str, port: int, on_ready: Callable[[str], None], **options: Any) -> None:
+def serve_forever(*, host: str, port: int, on_ready: Callable[[str], None], **options: Any) -> SandboxServer:
     """Run a sandbox in the current thread until SIGINT/SIGTERM, then shut down.
 
     ``options`` are :class:`SandboxServer` keyword arguments; ``on_ready`` gets
     the base URL once the socket is listening. Call it from the main thread:
-    signal handlers cannot be installed anywhere else.
+    signal handlers cannot be installed anywhere else. Returns the stopped server, for its counters.
     """
-    SandboxServer(host=host, port=port, **options).serve_forever(on_ready)
+    server = SandboxServer(host=host, port=port, **options)
+    server.serve_forever(on_ready)
+    return server

@@ -1,10 +1,14 @@
-"""v3 in the sandbox: ``POST /v3/messages``, ``GET /v3/templates/{id}`` and ``GET /v3/templates?name=``.
+"""v3 in the sandbox: ``POST /v3/messages``, ``GET /v3/messages/{id}``, ``GET /v3/templates/{id}`` and
+``GET /v3/templates?name=``.
 
 Every answer is the v3 envelope (``success``, ``data``, ``error``, ``meta``) and carries ``X-Request-Id`` and the
 ``X-RateLimit-*`` headers. A send is checked in this order: the API key, the rate limit, the Idempotency-Key
 (replay or 409), the body, the template; then it may meet an injected failure; then it is accepted - one message per
 number and channel, listed in no particular order - unless it asked for ``"sandbox": true``, which answers alike
 (with ``X-Sandbox: true``) and counts nothing.
+
+Each accepted message is kept in the registry and lives out its fate (``lifecycle``): ``GET /v3/messages/{id}`` tells
+how far it got at the moment of asking, and, with webhooks configured, each status change is posted when it happens.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from pipeline.sandbox.exchange import (
     parse_json,
 )
 from pipeline.sandbox.idempotency import KEY_RE, KeptAnswer
+from pipeline.sandbox.lifecycle import iso_time, price_of, steps_of
+from pipeline.sandbox.registry import KeptMessage, RegistryError
 from pipeline.sandbox.state import SandboxState
 from pipeline.sandbox.templates import CHANNELS, Template
 
@@ -47,6 +53,8 @@ _Answer = Callable[[Request, SandboxState, Meta], Response]
 def route(path: str) -> Route | None:
     if path == MESSAGES_PATH:
         return _SEND_ROUTE
+    if path.startswith(MESSAGES_PATH + "/") and "/" not in path[len(MESSAGES_PATH) + 1 :]:
+        return _MESSAGE_STATUS_ROUTE
     if path == TEMPLATES_PATH:
         return _FIND_TEMPLATE_ROUTE
     if path.startswith(TEMPLATES_PATH + "/") and "/" not in path[len(TEMPLATES_PATH) + 1 :]:
@@ -197,8 +205,9 @@ def _accept(
     channels: list[str],
 ) -> Response:
     text = template.render(parameters)
+    key = request.headers.get("idempotency-key")
     recipients = [
-        {"message_id": str(uuid.uuid4()), "to": number, "channel": channel, "body": text}
+        {"message_id": state.new_message_id(key, number, channel), "to": number, "channel": channel, "body": text}
         for number in body["to"]
         for channel in channels
     ]
@@ -206,13 +215,29 @@ def _accept(
     state.shuffler.shuffle(recipients)
     data = {"status": "QUEUED", "template_id": template.id, "template_name": template.name, "recipients": recipients}
     rehearsal = body.get("sandbox", False)
+    if not rehearsal:
+        try:
+            _keep_messages(state, recipients, template.id)
+        except RegistryError as exc:
+            # nothing is answered as accepted that a status lookup could not find; the request can be retried
+            return _failure(500, "INTERNAL_001", str(exc), meta)
     response = _success(202, data, meta, (("X-Sandbox", "true"),) if rehearsal else ())
     if not rehearsal:
         state.record_acceptance(request.headers, body, (recipient["to"] for recipient in recipients))
-    key = request.headers.get("idempotency-key")
     if key is not None:
         state.idempotency.keep(request.headers["x-api-key"], key, response, meta["request_id"], state.latency_s)
     return response
+
+
+def _keep_messages(state: SandboxState, recipients: list[dict[str, str]], template_id: str) -> None:
+    """Keep each new message for status lookups and schedule its webhooks; a message the registry already holds (a
+    resend under the same key that this sandbox did not see first) keeps its first life and posts nothing again."""
+    accepted_at = state.clock()
+    for recipient in recipients:
+        message = KeptMessage(recipient["message_id"], accepted_at, recipient["to"], recipient["channel"], template_id)
+        if state.registry.add(message, check_kept=state.poster is not None) and state.poster is not None:
+            steps = steps_of(message.id, message.channel, accepted_at, state.delivery)
+            state.poster.schedule(message.id, message.channel, template_id, steps)
 
 
 def _invalid(problems: list[Problem], meta: Meta) -> Response:
@@ -314,6 +339,39 @@ def _channel_problems(body: dict[str, Any]) -> list[Problem]:
     return problems
 
 
+# --- GET /v3/messages/{id} ---------------------------------------------------------------------------------------
+
+
+def _message_status(request: Request, state: SandboxState, meta: Meta) -> Response:
+    refused = _admit(request, state, meta)
+    if refused is not None:
+        return refused
+    message_id = request.path[len(MESSAGES_PATH) + 1 :]
+    if not is_guid(message_id):
+        return _failure(400, "VALIDATION_003", "a message id must be a UUID", meta, {"id": ["must be a UUID"]})
+    try:
+        kept = state.registry.find(message_id.lower())
+    except RegistryError as exc:
+        return _failure(500, "INTERNAL_001", str(exc), meta)
+    if kept is None:
+        return _failure(404, "RESOURCE_001", f"no message with id {message_id}", meta)
+    now = state.clock()
+    steps = steps_of(kept.id, kept.channel, kept.accepted_at, state.delivery)
+    reached = [step for step in steps if step.at <= now] or steps[:1]
+    data = {
+        "id": kept.id,
+        "status": reached[-1].status,
+        "channel": kept.channel,
+        "phone": kept.phone,
+        "price": price_of(kept.channel, reached),
+        "template_id": kept.template_id,
+        "events": [
+            {"status": step.status, "timestamp": iso_time(step.at), "description": step.description} for step in reached
+        ],
+    }
+    return _success(200, data, meta)
+
+
 # --- GET /v3/templates/{id}, GET /v3/templates?name= --------------------------------------------------------------
 
 
@@ -343,5 +401,6 @@ def _find_template(request: Request, state: SandboxState, meta: Meta) -> Respons
 
 
 _SEND_ROUTE = Route(("POST",), _v3(_send))
+_MESSAGE_STATUS_ROUTE = Route(("GET", "HEAD"), _v3(_message_status))
 _FIND_TEMPLATE_ROUTE = Route(("GET", "HEAD"), _v3(_find_template))
 _DESCRIBE_TEMPLATE_ROUTE = Route(("GET", "HEAD"), _v3(_describe_template))
