@@ -223,7 +223,9 @@ def _build_parser() -> argparse.ArgumentParser:
     track.add_argument("spec", help="path to the YAML job spec")
     track.add_argument("--events", metavar="FILE", help="the store of `python -m pipeline webhooks`")
     track.add_argument(
-        "--poll", action="store_true", help="v3: GET /v3/messages/{id} for every message without a final status"
+        "--poll",
+        action="store_true",
+        help="v3: GET /v3/messages/{id} for every message without a final status, and once for a failure's reason",
     )
     track.add_argument(
         "--until-final", action="store_true", help="with --poll: poll in rounds until every message is final"
@@ -586,7 +588,8 @@ def _track(args: argparse.Namespace) -> int:
         if as_json:
             emit_json(sys.stderr, "round", round=number, messages=waiting)
         else:
-            print(f"track: round {number}: asking for {waiting:,} message(s) without a final status", file=sys.stderr)
+            what = "without a final status or a failure's reason"
+            print(f"track: round {number}: asking for {waiting:,} message(s) {what}", file=sys.stderr)
 
     options = TrackOptions(
         on_round=on_round,

@@ -652,3 +652,46 @@ def test_the_loop_sample_runs_from_a_fresh_copy_into_the_receiver(tmp_path: Path
     assert set(received) == set(sent)
     # seed 7 shows every ending in the sample
     assert {message.status for message in received.values()} == {"DELIVERED", "READ", "FAILED"}
+
+    # the README's next steps: `track --events` gives each sent row its status; webhooks carry no failure reason, so
+    # `track --poll` asks the sandbox (a new one, in a new process) once for each failure's reason
+    delivery = ["result_delivery_status", "result_delivery_error", "result_delivery_at", "result_delivery_channel"]
+    results = tmp_path / "out" / "order-shipped-v3-loop-results.csv"
+    polled_only = tmp_path / "polled-only"
+    shutil.copytree(tmp_path, polled_only, ignore=shutil.ignore_patterns("events.sqlite", "polled-only"))
+
+    def pipeline_cli(*args: str, cwd: Path = tmp_path) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "pipeline", *args]
+        return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+    tracked = pipeline_cli("track", "configs/campaign-v3-loop.yaml", "--events", str(tmp_path / "events.sqlite"))
+    assert tracked.returncode == errors.EXIT_OK, tracked.stderr
+    from_events = pl.read_csv(results, infer_schema=False).filter(pl.col("result_status") == "sent")
+    by_id = dict(zip(from_events["result_message_id"], from_events["result_delivery_status"], strict=True))
+    assert by_id == {message_id: received[message_id].status for message_id in sent}
+    failed = from_events.filter(pl.col("result_delivery_status") == "FAILED")
+    assert failed.height
+    assert failed["result_delivery_error"].null_count() == failed.height
+
+    polled = pipeline_cli(
+        "track", "configs/campaign-v3-loop.yaml", "--events", str(tmp_path / "events.sqlite"), "--poll"
+    )
+    assert polled.returncode == errors.EXIT_OK, polled.stderr
+    completed = pl.read_csv(results, infer_schema=False)
+    # the lookups added reasons and moved no status
+    assert completed.filter(pl.col("result_status") == "sent")["result_delivery_status"].equals(
+        from_events["result_delivery_status"]
+    )
+    reasons = completed.filter(pl.col("result_delivery_status") == "FAILED")["result_delivery_error"].to_list()
+    assert len(reasons) == failed.height
+    assert set(reasons) <= REASONS
+
+    # polling alone, from a copy of the campaign made before any tracking, learns exactly the same
+    only = pipeline_cli("track", "configs/campaign-v3-loop.yaml", "--poll", cwd=polled_only)
+    assert only.returncode == errors.EXIT_OK, only.stderr
+    by_polling = pl.read_csv(polled_only / "out" / "order-shipped-v3-loop-results.csv", infer_schema=False)
+    assert by_polling.select(delivery).equals(completed.select(delivery))
+
+    report = pipeline_cli("report", "configs/campaign-v3-loop.yaml", "--html", "out/report.html")
+    assert report.returncode == errors.EXIT_OK, report.stderr
+    assert "FAILED" in (tmp_path / "out" / "report.html").read_text(encoding="utf-8")

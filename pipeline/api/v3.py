@@ -152,7 +152,7 @@ class V3(Generation):
 
     def read_status(self, status: int, content: bytes, *, secret: str) -> Answer:
         """`GET /v3/messages/{id}` -> `data: {id, status, channel, events: [{status, timestamp, description}]}`.
-        The failure reason is the description of the event that set the status (the latest one with that status);
+        A failure's reason is the description of the event that set the status (the latest one with that status);
         a 404 is a message the server does not know (permanent); other errors read as a send's do."""
         if not 200 <= status < 300:
             return self.read_answer(status, content, secret=secret)
@@ -172,7 +172,8 @@ class V3(Generation):
         state = MessageState(
             message_id=str(data.get("id") or ""),
             status=current,
-            error=_text(event.get("description")),
+            # a description of any other status is a note ("delivered to the handset"), not an error
+            error=_text(event.get("description")) if current == "FAILED" else None,
             at=_text(event.get("timestamp")),
             channel=_text(data.get("channel")),
         )

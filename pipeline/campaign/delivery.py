@@ -90,6 +90,13 @@ def unsettled_messages(messages: pl.DataFrame, facts: pl.DataFrame) -> list[str]
     return ids.join(final, on=_MESSAGE, how="anti", maintain_order="left")[_MESSAGE].to_list()
 
 
+def failed_without_reason(facts: pl.DataFrame) -> list[str]:
+    """The message ids in `facts` that FAILED with no reason known: Sent.dm's webhook payload documents no field for
+    one, so a status lookup is the place to find it (`events[].description`)."""
+    missing = facts.filter((pl.col("delivery_status") == FAILED) & pl.col("delivery_error").is_null())
+    return missing["message_id"].to_list()
+
+
 def message_ids(messages: pl.DataFrame) -> list[str]:
     """Every message id of `messages` (result_message_id lists them comma-separated)."""
     ids = messages.select(pl.col("result_message_id").str.split(",").explode().str.strip_chars().alias(_MESSAGE))
@@ -105,4 +112,8 @@ def facts_from_events(store: Path, ids: Sequence[str]) -> list[DeliveryFact]:
     from pipeline.webhooks.lookup import statuses  # the receiver's module: read-only, SQLite
 
     found = statuses(store, ids)
-    return [(m.message_id, m.status, rank_of(m.status), m.error, m.at, m.channel, "events") for m in found.values()]
+    # only a failure has a reason: a `description` on another status is a note ("delivered to the handset")
+    return [
+        (m.message_id, m.status, rank_of(m.status), m.error if m.status == FAILED else None, m.at, m.channel, "events")
+        for m in found.values()
+    ]

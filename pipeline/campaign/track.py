@@ -3,8 +3,9 @@ the status lookup (`--poll`, v3 `GET /v3/messages/{id}`) - record it in the camp
 results file with the delivery columns.
 
 Every fact goes into the state as it is learnt (campaign/delivery.py reads them back into rows), a status never
-moves backwards (the webhook receiver's ranks), and polling asks only for messages without a final status yet, so
-an interrupted `track --poll` resumes where it stopped. Lookups go through the sender's machinery (send.py): the
+moves backwards (the webhook receiver's ranks), and polling asks only for messages without a final status yet (and,
+once per call, for FAILED messages whose reason no event gave), so an interrupted `track --poll` resumes where it
+stopped. Lookups go through the sender's machinery (send.py): the
 spec's concurrency and rate, Retry-After, backoff, the circuit breaker, and a stop on an authentication failure.
 """
 
@@ -23,7 +24,14 @@ import anyio
 import httpx
 
 from pipeline import api
-from pipeline.campaign.delivery import FINAL, facts_from_events, message_ids, rank_of, unsettled_messages
+from pipeline.campaign.delivery import (
+    FINAL,
+    facts_from_events,
+    failed_without_reason,
+    message_ids,
+    rank_of,
+    unsettled_messages,
+)
 from pipeline.campaign.endpoint import api_endpoint
 from pipeline.campaign.guards import Guards
 from pipeline.campaign.options import RunOptions
@@ -126,9 +134,13 @@ def track_campaign(spec: CampaignSpec, options: TrackOptions) -> TrackSummary:
                 )
         if options.poll:
             deadline = options.clock() + options.max_wait_s
+            asked_why: set[str] = set()  # FAILED messages looked up for their reason: once each
             with api_endpoint(spec) as base_url:
                 while True:
-                    waiting = unsettled_messages(messages, store.delivery_facts(ids))
+                    known = store.delivery_facts(ids)
+                    why = [message for message in failed_without_reason(known) if message not in asked_why]
+                    asked_why.update(why)
+                    waiting = unsettled_messages(messages, known) + why
                     if not waiting:
                         break
                     rounds += 1
