@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -430,3 +432,60 @@ def test_malformed_urls_are_spec_errors(cli: Cli, tmp_path: Path, text: str, pro
     assert code == 2
     assert "input.path" in err
     assert problem in err
+
+
+@pytest.mark.slow
+def test_shards_that_share_only_a_bucket_and_postgresql_resume_and_merge(
+    s3_env: S3Server, prefix: str, tmp_path: Path, sandbox: SandboxServer, new_database: Callable[[], str]
+) -> None:
+    # each command runs as a fresh process in a folder of its own, deleted after it: nothing is shared but the
+    # bucket and the database, as on workers of Celery or Kubernetes executors
+    put(s3_env, f"{prefix}/in/contacts.csv", csv_bytes(contact_rows(24)))
+    base = f"s3://{s3_env.bucket}/{prefix}"
+    data = spec_data(
+        input={"path": f"{base}/in/contacts.csv"},
+        api=api_section(sandbox.url),
+        send={"concurrency": 4, "rate": "1000/s"},
+        output={"results": f"{base}/out/results.csv", "state": new_database()},
+    )
+
+    def run_fresh(*argv: str) -> subprocess.CompletedProcess[str]:
+        with tempfile.TemporaryDirectory(dir=tmp_path) as folder:
+            spec = Path(folder) / "spec.yaml"
+            spec.write_text(yaml.safe_dump(data), encoding="utf-8")
+            return subprocess.run(
+                [sys.executable, "-m", "pipeline", argv[0], str(spec), *argv[1:], "--quiet"],
+                cwd=folder,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+            )
+
+    for i in range(2):
+        done = run_fresh("run", "--shard", f"{i}/2")
+        assert done.returncode == 0, done.stderr
+    again = run_fresh("run", "--shard", "1/2")  # a retried task on another worker: the state says all was sent
+    assert again.returncode == 0, again.stderr
+    assert sandbox.accepted_total == 24
+    assert sorted(sandbox.accepted_by_key.values()) == [1] * 24
+    merged = run_fresh("merge")
+    assert merged.returncode == 0, merged.stderr
+    table = results_of(get(s3_env, f"{prefix}/out/results.csv"))
+    assert table["result_row"].to_list() == [str(i) for i in range(1, 25)]
+    assert set(table["result_status"]) == {"sent"}
+
+
+def test_plan_and_retry_read_the_input_from_the_bucket(
+    cli: Cli, s3_env: S3Server, prefix: str, tmp_path: Path, sandbox: SandboxServer
+) -> None:
+    spec, base = bucket_campaign(s3_env, prefix, tmp_path, sandbox.url, rows=6)
+    code, out, err = cli("plan", spec, "--json")
+    assert code == 0, err
+    assert json.loads(out)["input"] == f"{base}/in/contacts.csv"
+    code, _, err = cli("run", spec)
+    assert code == 0, err
+    code, out, err = cli("retry", spec)
+    assert code == 0, err
+    assert sandbox.accepted_total == 6
+    assert results_of(get(s3_env, f"{prefix}/out/results.csv")).height == 6
