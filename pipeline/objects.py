@@ -1,5 +1,6 @@
-"""Files in object storage: `input.path`, `output.results` (and every file named after it), `--summary-json` and
-`validate --output` may be `s3://`, `gs://` or `az://` URLs (a `file://` URL is just a local path).
+"""Files in object storage: `input.path`, the `suppress` lists, `output.results` (and every file named after it),
+`--summary-json` and `validate --output` may be `s3://`, `gs://` or `az://` URLs (a `file://` URL is just a local
+path). A library caller (not the CLI) wraps its calls in `synced()` so that what they write is uploaded.
 
 The tool works on local files as it always has; this module maps each object URL to a place in a *mirror* folder
 of this process (`TMP/sentdm-batch-objects-PID/SCHEME/BUCKET/KEY`) and moves the bytes:

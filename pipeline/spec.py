@@ -576,7 +576,7 @@ class SuppressSpec(_Strict):
                 "is empty: a suppression list that is not there would let every row through. Hint: name the "
                 "file, relative to the spec file, or remove the entry"
             )
-        return raw
+        return _local_location(raw)
 
 
 class CampaignSpec(_Strict):

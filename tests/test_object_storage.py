@@ -24,7 +24,7 @@ import yaml
 
 from pipeline import objects
 from pipeline.sandbox import SandboxServer
-from tests.conftest import API_KEY, api_section, contact_rows, spec_data, write_csv
+from tests.conftest import API_KEY, api_section, contact_rows, guid, spec_data, write_csv
 from tests.s3_server import S3Server, running_s3
 
 Cli = Callable[..., tuple[int, str, str]]
@@ -489,3 +489,24 @@ def test_plan_and_retry_read_the_input_from_the_bucket(
     assert code == 0, err
     assert sandbox.accepted_total == 6
     assert results_of(get(s3_env, f"{prefix}/out/results.csv")).height == 6
+
+
+def test_a_suppression_list_in_the_bucket_is_read_from_it(
+    cli: Cli, s3_env: S3Server, prefix: str, tmp_path: Path, sandbox: SandboxServer
+) -> None:
+    spec, base = bucket_campaign(s3_env, prefix, tmp_path, sandbox.url, rows=5)
+    put(s3_env, f"{prefix}/lists/opt-outs.csv", f"contact_id\n{guid(2)}\n".encode())
+    data = yaml.safe_load(spec.read_text())
+    data["suppress"] = [f"{base}/lists/opt-outs.csv"]
+    spec.write_text(yaml.safe_dump(data))
+    code, _, err = cli("run", spec)
+    assert code == 0, err
+    table = results_of(get(s3_env, f"{prefix}/out/results.csv"))
+    assert table["result_status"].to_list() == ["sent", "suppressed", "sent", "sent", "sent"]
+    assert sandbox.accepted_total == 4
+
+    data["suppress"] = [f"{base}/lists/missing.csv"]
+    spec.write_text(yaml.safe_dump(data))
+    code, _, err = cli("run", spec)
+    assert code == 2
+    assert f"suppress[0]: {base}/lists/missing.csv: not found" in err
