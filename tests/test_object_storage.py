@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
 import polars as pl
 import pytest
 import yaml
@@ -510,3 +511,41 @@ def test_a_suppression_list_in_the_bucket_is_read_from_it(
     code, _, err = cli("run", spec)
     assert code == 2
     assert f"suppress[0]: {base}/lists/missing.csv: not found" in err
+
+
+_READ_ONLY = (
+    '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", '
+    '"Action": ["s3:GetObject", "s3:ListBucket"], "Resource": "*"}]}'
+)
+
+
+def test_a_refused_upload_after_sending_exits_3_and_a_rerun_writes_the_results_without_sending(
+    cli: Cli, s3_env: S3Server, prefix: str, tmp_path: Path, sandbox: SandboxServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec, base = bucket_campaign(s3_env, prefix, tmp_path, sandbox.url, rows=5)
+    iam: Any = boto3.client("iam", endpoint_url=s3_env.endpoint, region_name="us-east-1", **_admin(s3_env))
+    user = f"reader-{prefix}"
+    iam.create_user(UserName=user)
+    iam.put_user_policy(UserName=user, PolicyName="read", PolicyDocument=_READ_ONLY)
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+    code, _, err = cli("run", spec)
+    assert code == 3
+    assert f"error: {base}/out/results.csv: access refused" in err
+    assert "The object was not written" in err
+    assert "running the same command again writes it without sending again" in err
+    assert key["SecretAccessKey"] not in err
+    assert sandbox.accepted_total == 5
+    assert get(s3_env, f"{prefix}/out/results.csv") is None
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_env.access_key_id)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_env.secret_access_key)
+    code, _, err = cli("run", spec)
+    assert code == 0, err
+    assert sandbox.accepted_total == 5
+    assert set(results_of(get(s3_env, f"{prefix}/out/results.csv"))["result_status"]) == {"sent"}
+
+
+def _admin(s3: S3Server) -> dict[str, str]:
+    return {"aws_access_key_id": s3.access_key_id, "aws_secret_access_key": s3.secret_access_key}
