@@ -196,8 +196,9 @@ def describe_failure(url: ObjectUrl, exc: Exception) -> str:
     from obstore.exceptions import PermissionDeniedError, UnauthenticatedError
 
     detail = _first_line(exc)
-    if "NoSuchBucket" in str(exc):
-        return f"{url}: the bucket {url.bucket!r} does not exist. Hint: create it, or fix the bucket's name"
+    if any(code in str(exc) for code in ("NoSuchBucket", "ContainerNotFound")):
+        what = "container" if url.scheme == "az" else "bucket"
+        return f"{url}: the {what} {url.bucket!r} does not exist. Hint: create it, or fix the {what}'s name"
     if isinstance(exc, FileNotFoundError):
         return f"{url}: not found. Hint: check the bucket and the object's name, and that the bucket exists"
     if isinstance(exc, UnauthenticatedError | PermissionDeniedError) or _looks_like_refusal(detail):

@@ -25,6 +25,8 @@ import yaml
 
 from pipeline import objects
 from pipeline.sandbox import SandboxServer
+from tests.azurite_server import OPT_OUT as AZURITE_OPT_OUT
+from tests.azurite_server import AzuriteMissing, AzuriteServer, find_azurite, running_azurite
 from tests.conftest import API_KEY, api_section, contact_rows, guid, spec_data, write_csv
 from tests.s3_server import S3Server, running_s3
 
@@ -549,3 +551,78 @@ def test_a_refused_upload_after_sending_exits_3_and_a_rerun_writes_the_results_w
 
 def _admin(s3: S3Server) -> dict[str, str]:
     return {"aws_access_key_id": s3.access_key_id, "aws_secret_access_key": s3.secret_access_key}
+
+
+@pytest.fixture(scope="module")
+def azurite() -> Iterator[AzuriteServer]:
+    try:
+        find_azurite()
+    except AzuriteMissing as exc:
+        if os.environ.get(AZURITE_OPT_OUT) == "1":
+            pytest.skip(str(exc))
+        pytest.fail(str(exc))
+    with running_azurite() as server:
+        yield server
+
+
+@pytest.fixture
+def azure_env(azurite: AzuriteServer, monkeypatch: pytest.MonkeyPatch) -> AzuriteServer:
+    for name, value in azurite.env().items():
+        monkeypatch.setenv(name, value)
+    return azurite
+
+
+def test_az_urls_work_end_to_end_against_azurite(
+    cli: Cli, azure_env: AzuriteServer, prefix: str, tmp_path: Path, sandbox: SandboxServer
+) -> None:
+    container = azure_env.client().get_container_client(azure_env.container)
+    container.upload_blob(f"{prefix}/in/contacts.csv", csv_bytes(contact_rows(7)))
+    base = f"az://{azure_env.container}/{prefix}"
+    spec = write_spec(
+        tmp_path,
+        input={"path": f"{base}/in/contacts.csv"},
+        api=api_section(sandbox.url),
+        output={"results": f"{base}/out/results.parquet", "state": str(tmp_path / "state.sqlite")},
+    )
+    for i in range(2):
+        code, _, err = cli("run", spec, "--shard", f"{i}/2")
+        assert code == 0, err
+    code, out, err = cli("merge", spec)
+    assert code == 0, err
+    assert f"Results: {base}/out/results.parquet" in out
+    merged = pl.read_parquet(io.BytesIO(container.download_blob(f"{prefix}/out/results.parquet").readall()))
+    assert merged["result_row"].to_list() == list(range(1, 8))
+    assert set(merged["result_status"]) == {"sent"}
+    assert sandbox.accepted_total == 7
+
+    data = yaml.safe_load(spec.read_text())
+    data["output"]["results"] = f"az://no-such-container/{prefix}/results.csv"
+    spec.write_text(yaml.safe_dump(data))
+    code, _, err = cli("run", spec)
+    assert code == 2
+    assert "the container 'no-such-container' does not exist" in err
+
+
+def test_a_wrong_azure_key_is_refused_before_sending_and_never_printed(
+    cli: Cli,
+    azure_env: AzuriteServer,
+    prefix: str,
+    tmp_path: Path,
+    sandbox: SandboxServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    wrong = "d3Jvbmcta2V5LWZvci10ZXN0cy1vbmx5LTQy"
+    monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_KEY", wrong)
+    base = f"az://{azure_env.container}/{prefix}"
+    spec = write_spec(
+        tmp_path,
+        input={"path": f"{base}/in/contacts.csv"},
+        api=api_section(sandbox.url),
+        output={"results": f"{base}/out/results.csv", "state": str(tmp_path / "state.sqlite")},
+    )
+    code, out, err = cli("run", spec)
+    assert code == 2
+    assert f"output.results: {base}/out/results.csv: access refused" in err
+    assert "AZURE_STORAGE_ACCOUNT_KEY" in err
+    assert wrong not in out + err
+    assert sandbox.accepted_total == 0
