@@ -333,9 +333,9 @@ def _load(path: str, *, as_json: bool = False, offline: bool = False) -> Campaig
     for warning in warnings:
         kind = "note" if isinstance(warning, Note) else "warning"
         if as_json:
-            emit_json(sys.stderr, kind, message=str(warning))
+            emit_json(sys.stderr, kind, message=objects.show(str(warning)))
         else:
-            print(f"{kind}: {warning}", file=sys.stderr)
+            print(f"{kind}: {objects.show(str(warning))}", file=sys.stderr)
     return spec
 
 

@@ -36,7 +36,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import unquote, urlsplit
 
 from pipeline.errors import InputError, OutputError
@@ -282,10 +282,13 @@ def fetch_matching(folder: Path, pattern: str, *, label: str) -> None:
 
 
 @contextlib.contextmanager
-def existing_copy(path: Path, *, label: str, whole: bool, head_bytes: int) -> Iterator[tuple[Path, int] | None]:
+def existing_copy(
+    path: Path, *, label: str, part: Literal["whole", "head", "parquet-footer"], head_bytes: int
+) -> Iterator[tuple[Path, int] | None]:
     """For an output: the existing file at `path` and its size, or None if there is none. For an object, a local
-    copy of it (its first `head_bytes`, or all of it when `whole`), after checking that its bucket can be reached:
-    a results object that cannot be written is found before anything is sent."""
+    copy of what is needed to tell what it is - all of it, its first `head_bytes`, or a Parquet file's footer (its
+    schema) with the magic bytes around it - after checking that its bucket can be reached: a results object that
+    cannot be written is found before anything is sent."""
     url = url_of(path)
     if url is None:
         yield (path, path.stat().st_size) if path.exists() else None
@@ -304,14 +307,27 @@ def existing_copy(path: Path, *, label: str, whole: bool, head_bytes: int) -> It
                 meta = None
             if meta is not None:
                 size = int(meta["size"])
-                if whole or size <= head_bytes:
+                if part == "whole" or size <= head_bytes:
                     data = bytes(obstore.get(store, url.key).bytes())
                 else:
-                    data = bytes(obstore.get_range(store, url.key, start=0, end=head_bytes))
+                    data = _parquet_footer(store, url.key, size) if part == "parquet-footer" else b""
+                    data = data or bytes(obstore.get_range(store, url.key, start=0, end=head_bytes))
                 copy.write_bytes(data)
         except _storage_errors() as exc:
             raise OutputError(f"{label}: {describe_failure(url, exc)}") from None
         yield None if meta is None else (copy, size)
+
+
+def _parquet_footer(store: ObjectStore, key: str, size: int) -> bytes:
+    """`PAR1`, the footer and its length, `PAR1`: a file Parquet readers take the schema of, without the data; empty
+    when the object does not end like a Parquet file."""
+    import obstore
+
+    tail = bytes(obstore.get_range(store, key, start=size - 8, end=size))
+    length = int.from_bytes(tail[:4], "little")
+    if tail[4:] != b"PAR1" or length + 12 > size:
+        return b""
+    return b"PAR1" + bytes(obstore.get_range(store, key, start=size - 8 - length, end=size))
 
 
 @contextlib.contextmanager

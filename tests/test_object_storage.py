@@ -626,3 +626,32 @@ def test_a_wrong_azure_key_is_refused_before_sending_and_never_printed(
     assert "AZURE_STORAGE_ACCOUNT_KEY" in err
     assert wrong not in out + err
     assert sandbox.accepted_total == 0
+
+
+def test_an_existing_parquet_object_is_told_by_its_footer(
+    cli: Cli, s3_env: S3Server, prefix: str, tmp_path: Path, sandbox: SandboxServer
+) -> None:
+    spec, base = bucket_campaign(s3_env, prefix, tmp_path, sandbox.url, rows=3)
+    data = yaml.safe_load(spec.read_text())
+    data["output"]["results"] = f"{base}/out/results.parquet"
+    spec.write_text(yaml.safe_dump(data))
+    noise = [uuid.uuid4().hex for _ in range(20_000)]  # more than the 64 KiB head, incompressible
+
+    def parquet(frame: pl.DataFrame) -> bytes:
+        buffer = io.BytesIO()
+        frame.write_parquet(buffer, compression="uncompressed")
+        return buffer.getvalue()
+
+    foreign = parquet(pl.DataFrame({"name": noise, "phone": noise}))
+    assert len(foreign) > 1 << 17
+    put(s3_env, f"{prefix}/out/results.parquet", foreign)
+    code, _, err = cli("run", spec)
+    assert code == 2
+    assert "found a table with columns 'name', 'phone' and no result_* columns" in err
+    assert get(s3_env, f"{prefix}/out/results.parquet") == foreign
+
+    put(s3_env, f"{prefix}/out/results.parquet", parquet(pl.DataFrame({"result_row": noise, "result_status": noise})))
+    code, _, err = cli("run", spec)
+    assert code == 0, err
+    written = pl.read_parquet(io.BytesIO(get(s3_env, f"{prefix}/out/results.parquet") or b""))
+    assert written["result_status"].to_list() == ["sent"] * 3
