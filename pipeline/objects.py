@@ -336,6 +336,7 @@ def synced() -> Iterator[None]:
     to its object, then the mirror deleted. Uploads happen even when the command failed after writing a file:
     whatever is in the mirror was written whole."""
     root = mirror_root()
+    _remove_stale_mirrors(root.parent)
     shutil.rmtree(root, ignore_errors=True)  # a folder left by a killed process that had this PID
     failed = True
     try:
@@ -347,6 +348,26 @@ def synced() -> Iterator[None]:
                 _upload_written(root, quiet=failed)
         finally:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def _remove_stale_mirrors(folder: Path) -> None:
+    """Delete the mirrors of processes that no longer run (killed before they could): they hold copies of inputs."""
+    for stale in folder.glob("sentdm-batch-objects-*"):
+        pid = stale.name.rpartition("-")[2]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    if os.name == "nt":  # signal 0 would end the process there; leave the folder to the system's temp cleaning
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # someone else's process
+    return True
 
 
 def _upload_written(root: Path, *, quiet: bool) -> None:

@@ -344,12 +344,15 @@ def test_kill_9_during_a_run_leaves_the_earlier_results_object_whole(
         finally:
             process.wait(timeout=30)
         assert get(s3_env, f"{prefix}/out/results.csv") == before
+        killed_mirror = objects.mirror_root().with_name(f"sentdm-batch-objects-{process.pid}")
+        assert (killed_mirror / "s3" / s3_env.bucket / prefix / "in" / "contacts.csv").exists()
         # the rerun replaces the object whole, with every row (rows in flight at the kill may stay `unknown`)
         code, _, err = cli("run", spec)
         assert code in (0, 1), err
         after = results_of(get(s3_env, f"{prefix}/out/results.csv"))
         assert after["result_row"].to_list() == [str(i) for i in range(1, 201)]
         assert after.filter(pl.col("result_status") == "sent").height >= 20
+        assert not killed_mirror.exists()  # the killed run's copy of the input is deleted by the next command
 
 
 _UPLOADER = """
