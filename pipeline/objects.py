@@ -196,6 +196,13 @@ def describe_failure(url: ObjectUrl, exc: Exception) -> str:
     from obstore.exceptions import PermissionDeniedError, UnauthenticatedError
 
     detail = _first_line(exc)
+    metadata = urlsplit(os.environ.get("AWS_METADATA_ENDPOINT") or "http://169.254.169.254").netloc
+    if url.scheme == "s3" and not os.environ.get("AWS_ACCESS_KEY_ID") and metadata in str(exc):
+        # no key in the environment, so the library asked the instance's metadata service for a role, and got none
+        return (
+            f"{url}: no credentials: AWS_ACCESS_KEY_ID is not set, and no instance or pod role answered. "
+            f"Hint: {_CREDENTIALS_HINT['s3']}"
+        )
     if any(code in str(exc) for code in ("NoSuchBucket", "ContainerNotFound")):
         what = "container" if url.scheme == "az" else "bucket"
         return f"{url}: the {what} {url.bucket!r} does not exist. Hint: create it, or fix the {what}'s name"

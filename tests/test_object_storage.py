@@ -658,3 +658,18 @@ def test_an_existing_parquet_object_is_told_by_its_footer(
     assert code == 0, err
     written = pl.read_parquet(io.BytesIO(get(s3_env, f"{prefix}/out/results.parquet") or b""))
     assert written["result_status"].to_list() == ["sent"] * 3
+
+
+@pytest.mark.slow
+def test_no_aws_credentials_at_all_is_said_so(
+    cli: Cli, s3_env: S3Server, prefix: str, tmp_path: Path, sandbox: SandboxServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec, _ = bucket_campaign(s3_env, prefix, tmp_path, sandbox.url)
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    # where the library asks for an instance role when no key is set: here, a port nothing listens on
+    monkeypatch.setenv("AWS_METADATA_ENDPOINT", "http://127.0.0.1:9")
+    code, _, err = cli("run", spec)
+    assert code == 2
+    assert "no credentials: AWS_ACCESS_KEY_ID is not set, and no instance or pod role answered" in err
+    assert sandbox.accepted_total == 0
