@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -203,13 +204,13 @@ def describe_failure(url: ObjectUrl, exc: Exception) -> str:
             f"{url}: no credentials: AWS_ACCESS_KEY_ID is not set, and no instance or pod role answered. "
             f"Hint: {_CREDENTIALS_HINT['s3']}"
         )
+    what = "container" if url.scheme == "az" else "bucket"
     if any(code in str(exc) for code in ("NoSuchBucket", "ContainerNotFound")):
-        what = "container" if url.scheme == "az" else "bucket"
         return f"{url}: the {what} {url.bucket!r} does not exist. Hint: create it, or fix the {what}'s name"
     if isinstance(exc, FileNotFoundError):
-        return f"{url}: not found. Hint: check the bucket and the object's name, and that the bucket exists"
+        return f"{url}: not found. Hint: check the {what} and the object's name, and that the {what} exists"
     if isinstance(exc, UnauthenticatedError | PermissionDeniedError) or _looks_like_refusal(detail):
-        return f"{url}: access refused ({detail}). Hint: {_CREDENTIALS_HINT[url.scheme]}, with access to this bucket"
+        return f"{url}: access refused ({detail}). Hint: {_CREDENTIALS_HINT[url.scheme]}, with access to this {what}"
     return (
         f"{url}: cannot reach the storage ({detail}). Hint: check the network and the endpoint; "
         f"{_CREDENTIALS_HINT[url.scheme]}"
@@ -226,13 +227,16 @@ def _looks_like_refusal(detail: str) -> bool:
 def _first_line(exc: Exception) -> str:
     text = str(exc).split("\n\nDebug source", 1)[0]
     # the library's text names the request; keep the reason (the status and the server's code), not the XML body
-    line = " ".join(text.split())
-    for noise in ("<?xml",):
-        line = line.split(noise, 1)[0].strip()
+    line = " ".join(text.split()).split("<?xml", 1)[0].strip()
+    # a request's query may be a signature or a SAS token: never shown
+    line = _QUERY.sub(r"\1?***", line)
     code = _xml_code(str(exc))
     if code and code not in line:
         line = f"{line} {code}"
     return _without_secrets(line[:300])
+
+
+_QUERY = re.compile(r"(\bhttps?://[^\s?]+)\?\S*")
 
 
 def _xml_code(text: str) -> str:

@@ -15,6 +15,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,9 @@ import yaml
 
 from pipeline import objects
 from pipeline.sandbox import SandboxServer
+from tests.azurite_server import ACCOUNT, AzuriteMissing, AzuriteServer, find_azurite, running_azurite
+from tests.azurite_server import KEY as AZURITE_KEY
 from tests.azurite_server import OPT_OUT as AZURITE_OPT_OUT
-from tests.azurite_server import AzuriteMissing, AzuriteServer, find_azurite, running_azurite
 from tests.conftest import API_KEY, api_section, contact_rows, guid, spec_data, write_csv
 from tests.s3_server import S3Server, running_s3
 
@@ -673,3 +675,39 @@ def test_no_aws_credentials_at_all_is_said_so(
     assert code == 2
     assert "no credentials: AWS_ACCESS_KEY_ID is not set, and no instance or pod role answered" in err
     assert sandbox.accepted_total == 0
+
+
+def test_a_read_only_sas_token_is_refused_on_upload_and_never_printed(
+    cli: Cli,
+    azure_env: AzuriteServer,
+    prefix: str,
+    tmp_path: Path,
+    sandbox: SandboxServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+    container = azure_env.client().get_container_client(azure_env.container)
+    container.upload_blob(f"{prefix}/in/contacts.csv", csv_bytes(contact_rows(3)))
+    sas = generate_container_sas(
+        ACCOUNT,
+        azure_env.container,
+        account_key=AZURITE_KEY,
+        permission=ContainerSasPermissions(read=True, list=True),
+        expiry=datetime.now(UTC) + timedelta(hours=1),
+    )
+    monkeypatch.delenv("AZURE_STORAGE_ACCOUNT_KEY")
+    monkeypatch.setenv("AZURE_STORAGE_SAS_TOKEN", sas)
+    base = f"az://{azure_env.container}/{prefix}"
+    spec = write_spec(
+        tmp_path,
+        input={"path": f"{base}/in/contacts.csv"},
+        api=api_section(sandbox.url),
+        output={"results": f"{base}/out/results.csv", "state": str(tmp_path / "state.sqlite")},
+    )
+    code, out, err = cli("run", spec)
+    assert code == 3, err
+    assert f"error: {base}/out/results.csv: access refused" in err
+    signature = dict(part.split("=", 1) for part in sas.split("&"))["sig"]
+    assert signature not in out + err
+    assert sandbox.accepted_total == 3
