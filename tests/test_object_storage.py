@@ -711,3 +711,28 @@ def test_a_read_only_sas_token_is_refused_on_upload_and_never_printed(
     signature = dict(part.split("=", 1) for part in sas.split("&"))["sig"]
     assert signature not in out + err
     assert sandbox.accepted_total == 3
+
+
+def test_a_rehearsal_and_a_test_send_write_their_results_beside_the_campaigns_in_the_bucket(
+    cli: Cli, s3_env: S3Server, prefix: str, tmp_path: Path, sandbox: SandboxServer
+) -> None:
+    from tests.test_v3 import people, v3_data
+
+    put(s3_env, f"{prefix}/in/customers.csv", csv_bytes(people("+14155550123", "+14155550124", "+14155550125")))
+    base = f"s3://{s3_env.bucket}/{prefix}"
+    data = v3_data(
+        sandbox.url,
+        input={"path": f"{base}/in/customers.csv"},
+        output={"results": f"{base}/out/results.csv", "state": str(tmp_path / "state.sqlite")},
+    )
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(data), encoding="utf-8")
+    code, _, err = cli("run", spec, "--server-dry-run")
+    assert code == 0, err
+    code, _, err = cli("run", spec, "--test-to", "+14155550199")
+    assert code == 0, err
+    assert keys(s3_env, prefix) == ["in/customers.csv", "out/results.server-dry-run.csv", "out/results.test-send.csv"]
+    rehearsal = results_of(get(s3_env, f"{prefix}/out/results.server-dry-run.csv"))
+    assert rehearsal["result_status"].to_list() == ["valid"] * 3
+    assert results_of(get(s3_env, f"{prefix}/out/results.test-send.csv")).height >= 1
+    assert sandbox.accepted_total == 1  # the test send; the rehearsal sent nothing
