@@ -20,8 +20,11 @@ object that already exists.
 The library is obstore (the Rust `object_store` crate that polars itself uses for cloud files): one wheel with no
 dependencies that speaks S3, Google Cloud Storage and Azure, streams downloads in chunks, does multipart uploads,
 retries, and reads credentials and endpoints from the environment the way each cloud's tools do (AWS_*,
-GOOGLE_*, AZURE_STORAGE_*). fsspec with s3fs/gcsfs/adlfs would need three packages and botocore for the same;
-polars' own cloud reading would load the whole object into memory, which the input's block reading avoids.
+GOOGLE_*, AZURE_STORAGE_*). fsspec with s3fs/gcsfs/adlfs would need three packages and botocore for the same.
+polars' own cloud reading would be a second reading path beside pipeline/source.py's block reader (which cuts a
+local file into blocks of whole records, with line numbers for errors), and writing through it would not give the
+whole-or-nothing object by itself; a streamed local copy keeps the one reading path, and its memory is measured flat
+(README, "Files in object storage").
 Credentials are never part of a URL the tool accepts, and never printed.
 """
 
