@@ -14,7 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TextIO
 
-from pipeline import __version__, errors
+from pipeline import __version__, errors, objects
 from pipeline.campaign import (
     ProgressSink,
     RetrySelection,
@@ -49,7 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     as_json = getattr(args, "log_format", "text") == "json"
     try:
-        return handler(args)
+        with objects.synced():  # files in object storage: fetched when read, uploaded when the command ends
+            return handler(args)
     except errors.PipelineError as exc:
         _report("error", str(exc), exc.exit_code, as_json=as_json)
         return exc.exit_code
@@ -75,9 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _report(kind: str, message: str, exit_code: int, *, as_json: bool) -> None:
     if as_json:
-        emit_json(sys.stderr, kind.replace(" ", "_"), message=message, exit_code=exit_code)
+        emit_json(sys.stderr, kind.replace(" ", "_"), message=objects.show(message), exit_code=exit_code)
     else:
-        print(f"{kind}: {message}", file=sys.stderr)
+        print(f"{kind}: {objects.show(message)}", file=sys.stderr)
 
 
 _EPILOG = """\
@@ -399,6 +400,14 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _local(text: str, option: str) -> Path:
+    """A file named on the command line: a path, or a file://, s3://, gs:// or az:// URL (pipeline/objects.py)."""
+    try:
+        return objects.local_path(text)
+    except ValueError as exc:
+        raise errors.UsageError(f"{option}: {exc}") from None
+
+
 def _load(path: str, *, as_json: bool = False, offline: bool = False) -> CampaignSpec:
     """The spec, with its warnings printed. `offline`: the command makes no network call, so the credentials may
     be left unset."""
@@ -406,15 +415,15 @@ def _load(path: str, *, as_json: bool = False, offline: bool = False) -> Campaig
     for warning in warnings:
         kind = "note" if isinstance(warning, Note) else "warning"
         if as_json:
-            emit_json(sys.stderr, kind, message=str(warning))
+            emit_json(sys.stderr, kind, message=objects.show(str(warning)))
         else:
-            print(f"{kind}: {warning}", file=sys.stderr)
+            print(f"{kind}: {objects.show(str(warning))}", file=sys.stderr)
     return spec
 
 
 def _validate(args: argparse.Namespace) -> int:
     spec = _load(args.spec, as_json=args.log_format == "json", offline=True)
-    output = Path(args.output).resolve() if args.output else None
+    output = _local(args.output, "--output") if args.output else None
     report = validate_campaign(spec, output=output, offline=args.offline)
     for warning in report.warnings:
         if args.log_format == "json":
@@ -422,7 +431,8 @@ def _validate(args: argparse.Namespace) -> int:
         else:
             print(f"warning: {warning}", file=sys.stderr)
     if args.log_format == "json":
-        emit_json(sys.stdout, "validation", campaign=spec.name, input=str(spec.input.path), **asdict(report))
+        shown = objects.display(spec.input.path)
+        emit_json(sys.stdout, "validation", campaign=spec.name, input=shown, **asdict(report))
     else:
         _print_validation(spec, report, sys.stdout)
         if output is not None:
@@ -431,7 +441,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _print_validation(spec: CampaignSpec, report: ValidationReport, out: TextIO) -> None:
-    print(f"Campaign {spec.name}: {spec.input.path} ({spec.input_format})", file=out)
+    print(f"Campaign {spec.name}: {objects.display(spec.input.path)} ({spec.input_format})", file=out)
     width = len(str(report.rows))
     print(f"  rows read   {report.rows:>{width}}", file=out)
     print(f"  valid       {report.valid:>{width}}", file=out)
@@ -470,7 +480,7 @@ def _run(args: argparse.Namespace, retry: RetrySelection | None = None) -> int:
             parse_rate(args.rate)
         except ValueError as exc:
             raise errors.UsageError(f"--rate: {exc}") from None
-    summary_json = Path(args.summary_json).resolve() if args.summary_json else None
+    summary_json = _local(args.summary_json, "--summary-json") if args.summary_json else None
     test_to = getattr(args, "test_to", None)
     if test_to is not None and not test_to.strip(" ,"):
         raise errors.UsageError("--test-to needs at least one phone number, e.g. --test-to +14155550123")
@@ -643,14 +653,14 @@ def _merge(args: argparse.Namespace) -> int:
 
 def _campaign_report(args: argparse.Namespace) -> int:
     spec = _load(args.spec, offline=True)
-    html = Path(args.html).resolve() if args.html else None
+    html = _local(args.html, "--html") if args.html else None
     if html is None:
         found = report_campaign(spec)
         print(json.dumps(found.to_json(), ensure_ascii=False) if args.json else format_report(found))
         return errors.EXIT_OK
     check_report_path(spec, html)
     write_html(report_campaign(spec), html)
-    print(f"Report: {html}")
+    print(f"Report: {objects.display(html)}")
     return errors.EXIT_OK
 
 

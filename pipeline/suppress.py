@@ -18,7 +18,7 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline import phones
+from pipeline import objects, phones
 from pipeline.errors import InputError
 from pipeline.fields import CONTACT, TO
 from pipeline.payload import as_text
@@ -57,8 +57,8 @@ class ListStats:
             return None
         what = "valid phone numbers" if version == "v3" else "GUIDs"
         return (
-            f"{self.path}: {self.unusable} of {self.rows} values in column {self.column!r} are not {what}; they can "
-            "match no row and are ignored."
+            f"{objects.display(self.path)}: {self.unusable} of {self.rows} values in column {self.column!r} are not "
+            f"{what}; they can match no row and are ignored."
         )
 
 
@@ -112,6 +112,7 @@ def load_list(
     path = entry.path
     column = entry.column or default_column(version)
     where = f"suppression list (suppress[{position}])"
+    objects.fetch(path, label=f"suppress[{position}]")  # a list in a bucket is read from a local copy
     if not path.exists():
         raise InputError(
             f"{path}: {where} not found. Hint: its path is relative to the spec file's folder; nothing is sent while "
