@@ -29,7 +29,7 @@ from pipeline.merge import merge_shards
 from pipeline.progress import BarProgress, JsonProgress, LogProgress, emit_json, format_summary
 from pipeline.sandbox import ENDPOINTS, serve_forever
 from pipeline.shard import Shard
-from pipeline.spec import CampaignSpec, Note, load_spec, parse_rate
+from pipeline.spec import LOCATION_KEYS, CampaignSpec, Note, load_spec, parse_rate
 from pipeline.webhooks import WEBHOOK_PATH
 from pipeline.webhooks.signature import WebhookSecret
 
@@ -106,10 +106,16 @@ def _build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     logs = argparse.ArgumentParser(add_help=False)
     _global_options(logs, default_log_format=argparse.SUPPRESS, default_quiet=argparse.SUPPRESS)
+    # where the files and the state are, in place of the spec's: one spec for a laptop and a deployment (README,
+    # "Running on several machines")
+    places = argparse.ArgumentParser(add_help=False)
+    places.add_argument("--input", metavar="PATH|URL", help="read the input here instead of input.path")
+    places.add_argument("--results", metavar="PATH|URL", help="write the results here instead of output.results")
+    places.add_argument("--state", metavar="PATH|URL", help="keep the state here instead of output.state")
 
     check = commands.add_parser(
         "validate",
-        parents=[logs],
+        parents=[logs, places],
         epilog=_EPILOG,
         formatter_class=formatter,
         help="read and validate every row; send nothing",
@@ -125,7 +131,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser(
         "run",
-        parents=[logs],
+        parents=[logs, places],
         epilog=_EPILOG,
         formatter_class=formatter,
         help="send the campaign and write the results file",
@@ -171,7 +177,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     retry = commands.add_parser(
         "retry",
-        parents=[logs],
+        parents=[logs, places],
         epilog=_EPILOG,
         formatter_class=formatter,
         help="send again the rows whose last outcome was a transient failure",
@@ -203,7 +209,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     plan = commands.add_parser(
         "plan",
-        parents=[logs],
+        parents=[logs, places],
         epilog=_EPILOG,
         formatter_class=formatter,
         help="what a run would do: rows, checks, suppressed and deferred rows, messages, requests, time; sends nothing",
@@ -219,7 +225,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     merge = commands.add_parser(
         "merge",
-        parents=[logs],
+        parents=[logs, places],
         epilog=_EPILOG,
         formatter_class=formatter,
         help="combine the results of a sharded run into one results file",
@@ -317,10 +323,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _load(path: str, *, as_json: bool = False, offline: bool = False) -> CampaignSpec:
-    """The spec, with its warnings printed. `offline`: the command makes no network call, so the credentials may
-    be left unset."""
-    spec, warnings = load_spec(path, offline=offline)
+def _load(args: argparse.Namespace, *, as_json: bool = False, offline: bool = False) -> CampaignSpec:
+    """The spec (with --input, --results, --state in place of its own), with its warnings printed. `offline`: the
+    command makes no network call, so the credentials may be left unset."""
+    given = {key: getattr(args, option[2:]) for key, option in LOCATION_KEYS.items()}
+    # a path given here is relative to the current folder (the spec's own paths are relative to the spec)
+    locations = {key: value if "://" in value else str(Path(value).resolve()) for key, value in given.items() if value}
+    spec, warnings = load_spec(args.spec, offline=offline, locations=locations)
     for warning in warnings:
         kind = "note" if isinstance(warning, Note) else "warning"
         if as_json:
@@ -331,7 +340,7 @@ def _load(path: str, *, as_json: bool = False, offline: bool = False) -> Campaig
 
 
 def _validate(args: argparse.Namespace) -> int:
-    spec = _load(args.spec, as_json=args.log_format == "json", offline=True)
+    spec = _load(args, as_json=args.log_format == "json", offline=True)
     output = Path(args.output).resolve() if args.output else None
     report = validate_campaign(spec, output=output, offline=args.offline)
     for warning in report.warnings:
@@ -375,7 +384,7 @@ def _print_validation(spec: CampaignSpec, report: ValidationReport, out: TextIO)
 
 
 def _run(args: argparse.Namespace, retry: RetrySelection | None = None) -> int:
-    spec = _load(args.spec, as_json=args.log_format == "json", offline=args.dry_run)
+    spec = _load(args, as_json=args.log_format == "json", offline=args.dry_run)
     progress: ProgressSink
     if args.log_format == "json":
         progress = JsonProgress(sys.stderr)
@@ -489,7 +498,7 @@ def _write_json(path: Path, summary: RunSummary) -> None:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    spec = _load(args.spec, as_json=args.log_format == "json" or args.json, offline=True)
+    spec = _load(args, as_json=args.log_format == "json" or args.json, offline=True)
     found = plan_campaign(spec, max_messages=args.max_messages)
     if args.json or args.log_format == "json":
         print(json.dumps(found.to_json(), ensure_ascii=False))
@@ -499,7 +508,7 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _merge(args: argparse.Namespace) -> int:
-    summary = merge_shards(_load(args.spec, as_json=args.log_format == "json"))
+    summary = merge_shards(_load(args, as_json=args.log_format == "json"))
     if args.log_format == "json":
         emit_json(sys.stdout, "merge", **asdict(summary))
     else:
