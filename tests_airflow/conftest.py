@@ -1,0 +1,49 @@
+"""What the Airflow tests share: an initialised Airflow home with the example DAG loaded, and a PostgreSQL server."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from tests.postgres_server import running_postgres
+
+REPO = Path(__file__).resolve().parents[1]
+DAG_FILE = REPO / "examples" / "airflow" / "campaign_dag.py"
+
+
+@pytest.fixture(scope="session")
+def airflow_dag(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModuleType]:
+    """An initialised Airflow home in a temp folder, and the DAG module loaded in it."""
+    home = tmp_path_factory.mktemp("airflow-home")
+    with pytest.MonkeyPatch.context() as env:
+        # Airflow reads its configuration when it is first imported, so all of this comes before any airflow import
+        env.setenv("AIRFLOW_HOME", str(home))
+        env.setenv("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{home}/airflow.db")
+        env.setenv("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+        # dag.test() registers the DAG from its bundle (the DAGs folder) before it creates the run
+        env.setenv("AIRFLOW__CORE__DAGS_FOLDER", str(DAG_FILE.parent))
+        # the DAG's defaults, not the caller's
+        for name in ("SENTDM_SPEC", "SENTDM_PYTHON", "SENTDM_PROJECT_DIR", "SENTDM_STATE", "SENTDM_BUCKET"):
+            env.delenv(name, raising=False)
+        # the real command an operator runs; in a subprocess so that its logging setup stays out of this process
+        subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True, timeout=300)
+        spec = importlib.util.spec_from_file_location("campaign_dag", DAG_FILE)
+        assert spec is not None
+        assert spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        yield module
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """The URL of a PostgreSQL server started for the session (tests/postgres_server.py; scripts/install-postgresql
+    installs its binaries, and .ci/run runs that first)."""
+    with running_postgres() as url:
+        yield url
