@@ -14,7 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TextIO
 
-from pipeline import __version__, errors
+from pipeline import __version__, errors, objects
 from pipeline.campaign import (
     ProgressSink,
     RetrySelection,
@@ -46,7 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     as_json = getattr(args, "log_format", "text") == "json"
     try:
-        return handler(args)
+        with objects.synced():  # files in object storage: fetched when read, uploaded when the command ends
+            return handler(args)
     except errors.PipelineError as exc:
         _report("error", str(exc), exc.exit_code, as_json=as_json)
         return exc.exit_code
@@ -72,9 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _report(kind: str, message: str, exit_code: int, *, as_json: bool) -> None:
     if as_json:
-        emit_json(sys.stderr, kind.replace(" ", "_"), message=message, exit_code=exit_code)
+        emit_json(sys.stderr, kind.replace(" ", "_"), message=objects.show(message), exit_code=exit_code)
     else:
-        print(f"{kind}: {message}", file=sys.stderr)
+        print(f"{kind}: {objects.show(message)}", file=sys.stderr)
 
 
 _EPILOG = """\
@@ -323,6 +324,14 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _local(text: str, option: str) -> Path:
+    """A file named on the command line: a path, or a file://, s3://, gs:// or az:// URL (pipeline/objects.py)."""
+    try:
+        return objects.local_path(text)
+    except ValueError as exc:
+        raise errors.UsageError(f"{option}: {exc}") from None
+
+
 def _load(args: argparse.Namespace, *, as_json: bool = False, offline: bool = False) -> CampaignSpec:
     """The spec (with --input, --results, --state in place of its own), with its warnings printed. `offline`: the
     command makes no network call, so the credentials may be left unset."""
@@ -341,7 +350,7 @@ def _load(args: argparse.Namespace, *, as_json: bool = False, offline: bool = Fa
 
 def _validate(args: argparse.Namespace) -> int:
     spec = _load(args, as_json=args.log_format == "json", offline=True)
-    output = Path(args.output).resolve() if args.output else None
+    output = _local(args.output, "--output") if args.output else None
     report = validate_campaign(spec, output=output, offline=args.offline)
     for warning in report.warnings:
         if args.log_format == "json":
@@ -349,7 +358,8 @@ def _validate(args: argparse.Namespace) -> int:
         else:
             print(f"warning: {warning}", file=sys.stderr)
     if args.log_format == "json":
-        emit_json(sys.stdout, "validation", campaign=spec.name, input=str(spec.input.path), **asdict(report))
+        shown = objects.display(spec.input.path)
+        emit_json(sys.stdout, "validation", campaign=spec.name, input=shown, **asdict(report))
     else:
         _print_validation(spec, report, sys.stdout)
         if output is not None:
@@ -358,7 +368,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _print_validation(spec: CampaignSpec, report: ValidationReport, out: TextIO) -> None:
-    print(f"Campaign {spec.name}: {spec.input.path} ({spec.input_format})", file=out)
+    print(f"Campaign {spec.name}: {objects.display(spec.input.path)} ({spec.input_format})", file=out)
     width = len(str(report.rows))
     print(f"  rows read   {report.rows:>{width}}", file=out)
     print(f"  valid       {report.valid:>{width}}", file=out)
@@ -397,7 +407,7 @@ def _run(args: argparse.Namespace, retry: RetrySelection | None = None) -> int:
             parse_rate(args.rate)
         except ValueError as exc:
             raise errors.UsageError(f"--rate: {exc}") from None
-    summary_json = Path(args.summary_json).resolve() if args.summary_json else None
+    summary_json = _local(args.summary_json, "--summary-json") if args.summary_json else None
     test_to = getattr(args, "test_to", None)
     if test_to is not None and not test_to.strip(" ,"):
         raise errors.UsageError("--test-to needs at least one phone number, e.g. --test-to +14155550123")

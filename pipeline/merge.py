@@ -12,6 +12,7 @@ from pathlib import Path
 
 import polars as pl
 
+from pipeline import objects
 from pipeline.errors import OutputError, UsageError
 from pipeline.outputs import Kind, Output, check_outputs
 from pipeline.results import RESULT_SCHEMA, CsvOptions, write_results
@@ -54,6 +55,7 @@ def merge_shards(spec: CampaignSpec) -> MergeSummary:
     another campaign, or overlapping rows."""
     target = spec.output.results
     pattern = f"{target.stem}.shard-*-of-*{target.suffix}{MANIFEST_SUFFIX}"
+    objects.fetch_matching(target.parent, pattern, label="merge")  # shards' manifests in a bucket
     manifests = sorted(target.parent.glob(pattern))
     if not manifests:
         raise UsageError(
@@ -85,6 +87,8 @@ def merge_shards(spec: CampaignSpec) -> MergeSummary:
     inputs = [("input.path", spec.input.path), ("the job spec", spec.spec_path)]
     inputs += [(f"the results of shard {i}", part) for i, part in enumerate(parts)]
     check_outputs(inputs, [Output("output.results", target, Kind.RESULTS)])
+    for i, part in enumerate(parts):
+        objects.fetch(part, label=f"the results of shard {i}")
     csv = CsvOptions.of(spec)  # the shards were written with the spec's options too
     frames = [_read(part, csv.separator) for part in parts]
     merged = pl.concat(frames, how="vertical_relaxed").sort("result_row")
@@ -93,7 +97,9 @@ def merge_shards(spec: CampaignSpec) -> MergeSummary:
     # the shards' `'` were taken off on reading, so writing guards each cell once, as a run would
     write_results(merged, target, csv=csv)
     counts = dict(merged.group_by("result_status").len().sort("result_status").iter_rows())
-    return MergeSummary(spec.name, count, merged.height, {str(k): int(v) for k, v in counts.items()}, str(target))
+    return MergeSummary(
+        spec.name, count, merged.height, {str(k): int(v) for k, v in counts.items()}, objects.display(target)
+    )
 
 
 def _read(path: Path, separator: str) -> pl.DataFrame:

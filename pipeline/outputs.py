@@ -15,6 +15,7 @@ from pathlib import Path
 
 import polars as pl
 
+from pipeline import objects
 from pipeline.errors import OutputError
 
 _RESULT_MARKERS = ("result_row", "result_status")
@@ -84,14 +85,18 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def _check_replaceable(out: Output) -> None:
     path = out.path
-    if not path.exists():
-        return
-    if not path.is_file():
+    if path.exists() and not path.is_file():
         # a rename over a folder or device would replace it, or fail only after every message was sent
         raise OutputError(f"{path}: {out.label} exists and is not a regular file. Hint: choose another path.")
-    if out.kind is Kind.OWN or path.stat().st_size == 0:
-        return
-    found = _describe_foreign(path, out.kind)
+    # an object in a bucket is looked at through a copy: all of a Parquet file or a summary, the head of a table
+    whole = out.kind is not Kind.RESULTS or path.suffix.lower() == ".parquet"
+    with objects.existing_copy(path, label=out.label, whole=whole, head_bytes=_PEEK_BYTES) as existing:
+        if existing is None:
+            return
+        copy, size = existing
+        if out.kind is Kind.OWN or size == 0:
+            return
+        found = _describe_foreign(copy, out.kind, size)
     if found is not None:
         raise OutputError(
             f"{path}: {out.label} would overwrite an existing file that is not {_WHAT[out.kind]} (found {found}). "
@@ -106,20 +111,20 @@ _WHAT = {
 }
 
 
-def _describe_foreign(path: Path, kind: Kind) -> str | None:
+def _describe_foreign(path: Path, kind: Kind, size: int) -> str | None:
     """None when `path` is a file of `kind` that the tool wrote; otherwise a short description of what it is."""
     try:
         if kind is Kind.STATE:
             with open(path, "rb") as file:
                 head = file.read(len(_SQLITE_MAGIC))
-            return None if head == _SQLITE_MAGIC else _sniff(path)
+            return None if head == _SQLITE_MAGIC else _sniff(path, size)
         if kind is Kind.SUMMARY:
-            return None if _is_summary(path) else _sniff(path)
+            return None if _is_summary(path) else _sniff(path, size)
         columns = _columns(path)
     except OSError as exc:
         return f"a file that cannot be read: {exc.strerror or exc}"
     if columns is None:
-        return _sniff(path)
+        return _sniff(path, size)
     if all(marker in columns for marker in _RESULT_MARKERS):
         return None
     shown = ", ".join(repr(c) for c in columns[:6]) + (", ..." if len(columns) > 6 else "")
@@ -161,7 +166,7 @@ def _is_summary(path: Path) -> bool:
     return isinstance(data, dict) and "campaign" in data
 
 
-def _sniff(path: Path) -> str:
+def _sniff(path: Path, size: int) -> str:
     with open(path, "rb") as file:
         head = file.read(512)
     if head.startswith(b"PK\x03\x04"):
@@ -172,5 +177,4 @@ def _sniff(path: Path) -> str:
         return "a Parquet file"
     if b"\x00" in head:
         return "a binary file"
-    size = path.stat().st_size
     return f"a text file of {size:,} bytes"

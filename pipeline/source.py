@@ -25,6 +25,7 @@ from pathlib import Path
 
 import polars as pl
 
+from pipeline import objects
 from pipeline.errors import InputError
 from pipeline.formulas import unquote_cells
 from pipeline.spec import InputSpec
@@ -109,6 +110,7 @@ class ContactSource:
 def open_contacts(source: InputSpec, fmt: str, *, required: Sequence[str]) -> ContactSource:
     """Check that the input exists, is a table, and has the required columns; read no rows yet."""
     path = source.path
+    objects.fetch(path)  # an object in a bucket is read from a local copy, streamed there in blocks
     if not path.exists():
         raise InputError(f"{path}: input file not found. Hint: input.path is relative to the spec file's folder.")
     if not path.is_file():

@@ -29,6 +29,7 @@ from pydantic import (
     model_validator,
 )
 
+from pipeline import objects
 from pipeline.errors import SpecError
 from pipeline.state_location import PostgresState, is_postgres_url
 
@@ -90,6 +91,11 @@ class InputSpec(_Strict):
             return data
         suffix = Path(str(data["path"])).suffix.lower()
         return {**data, "separator": "\t" if suffix in TAB_SEPARATED_SUFFIXES else ","}
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _url_or_path(cls, raw: object) -> object:
+        return _local_location(raw)
 
     @field_validator("separator", mode="before")
     @classmethod
@@ -502,6 +508,11 @@ class OutputSpec(_Strict):
     @classmethod
     def _state_location(cls, value: object) -> object:
         if isinstance(value, str) and "://" in value:
+            if objects.is_object_url(value):
+                raise ValueError(
+                    "cannot be in object storage: the state is a database that is written row by row. Hint: use a "
+                    "postgresql:// URL (the state then outlives any one machine), or a local path"
+                )
             if not is_postgres_url(value):
                 # the text is not repeated: a URL may carry a password
                 raise ValueError(
@@ -509,6 +520,11 @@ class OutputSpec(_Strict):
                 )
             return PostgresState(value)
         return value
+
+    @field_validator("results", mode="before")
+    @classmethod
+    def _url_or_path(cls, raw: object) -> object:
+        return _local_location(raw)
 
     @field_validator("results")
     @classmethod
@@ -536,6 +552,14 @@ class OutputSpec(_Strict):
         return self
 
 
+def _local_location(raw: object) -> object:
+    """An s3://, gs://, az:// or file:// URL as the local path the tool works with (pipeline/objects.py); a path is
+    left to be resolved against the spec's folder."""
+    if isinstance(raw, str) and "://" in raw:
+        return objects.local_path(raw)
+    return raw
+
+
 class SuppressSpec(_Strict):
     """One suppression list: a CSV or Parquet file of recipients never to send to, and the column that names them
     (None: `phone` on v3, `contact_id` on v1/v2; see pipeline/suppress.py)."""
@@ -552,7 +576,7 @@ class SuppressSpec(_Strict):
                 "is empty: a suppression list that is not there would let every row through. Hint: name the "
                 "file, relative to the spec file, or remove the entry"
             )
-        return raw
+        return _local_location(raw)
 
 
 class CampaignSpec(_Strict):
@@ -819,6 +843,7 @@ def load_spec(
             f"{spec_path}: output.state has a password in its URL (shown as ***). Secrets belong in the environment: "
             "remove it from the URL and set PGPASSWORD, or put it in ~/.pgpass."
         )
+    _check_state_beside_objects(spec_path, spec.output)
     ca_bundle = spec.api.ca_bundle
     if ca_bundle is not None:
         ca_bundle = (base / ca_bundle).resolve()
@@ -840,6 +865,19 @@ def load_spec(
         }
     )
     return resolved, warnings
+
+
+def _check_state_beside_objects(spec_path: Path, output: OutputSpec) -> None:
+    """Results in a bucket mean the run's machine may not be there next time: its state must not be left on it."""
+    url = objects.url_of(output.results)
+    if url is None or output.state is not None:
+        return
+    raise SpecError(
+        f"{spec_path}: output.state: output.results is in object storage ({url}), so the campaign state cannot be "
+        "kept beside it, and a state on this machine's disk would be lost with the machine: a retried run elsewhere "
+        "would send every row again. Hint: set output.state to a postgresql:// URL (the password in PGPASSWORD or "
+        "~/.pgpass), or to a path on a disk that outlives the run if every run of the campaign uses that disk."
+    )
 
 
 def _check_ca_bundle(spec_path: Path, path: Path) -> None:

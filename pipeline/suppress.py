@@ -18,7 +18,7 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline import phones
+from pipeline import objects, phones
 from pipeline.errors import InputError
 from pipeline.fields import CONTACT, TO
 from pipeline.payload import as_text
@@ -112,6 +112,7 @@ def load_list(
     path = entry.path
     column = entry.column or default_column(version)
     where = f"suppression list (suppress[{position}])"
+    objects.fetch(path, label=f"suppress[{position}]")  # a list in a bucket is read from a local copy
     if not path.exists():
         raise InputError(
             f"{path}: {where} not found. Hint: its path is relative to the spec file's folder; nothing is sent while "

@@ -12,7 +12,7 @@ from typing import Any
 
 import polars as pl
 
-from pipeline import payload, validate
+from pipeline import objects, payload, validate
 from pipeline.campaign.guards import CLOSES_AT, DEFERRED_REASON, OPENS_AT, ZONES, Guards, utc_text
 from pipeline.campaign.options import RunOptions
 from pipeline.campaign.outcomes import empty_outcomes, select_rows
@@ -178,7 +178,7 @@ def _plan(
     cap = max_messages if max_messages is not None else spec.send.max_messages
     plan = CampaignPlan(
         campaign=spec.name,
-        input=str(spec.input.path),
+        input=objects.display(spec.input.path),
         api_version=spec.api.version,
         now=utc_text(now) or "",
         rows=rows,

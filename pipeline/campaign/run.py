@@ -15,7 +15,7 @@ from typing import Any
 
 import polars as pl
 
-from pipeline import api, payload, results, source, validate
+from pipeline import api, objects, payload, results, source, validate
 from pipeline.campaign.caps import check_cap
 from pipeline.campaign.endpoint import api_endpoint, checked_templates
 from pipeline.campaign.guards import Guards, utc_text
@@ -385,7 +385,7 @@ def _summarise(
         messages_per_s=round(tally.attempted / send_wall_s, 1) if tally.attempted and send_wall_s > 0 else 0.0,
         latency_p50_ms=_quantile(latency, 0.5),
         latency_p95_ms=_quantile(latency, 0.95),
-        results_path=str(results_path),
+        results_path=objects.display(results_path),
         skipped_lines=totals.skipped_lines,
         input_notes=totals.notes,
         guarded_cells=totals.guarded_cells,

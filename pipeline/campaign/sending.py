@@ -13,7 +13,7 @@ from datetime import datetime
 import anyio
 import polars as pl
 
-from pipeline import api, payload
+from pipeline import api, objects, payload
 from pipeline.campaign.broadcast import Broadcasts, resumed
 from pipeline.campaign.guards import Guards
 from pipeline.campaign.options import ProgressSink, RunOptions, RunStart
@@ -168,7 +168,7 @@ def send_rows(
     )
     if progress is not None:
         command = "retry" if options.retry is not None else "run"
-        progress.start(RunStart(command, spec.name, str(spec.spec_path), str(spec.input.path), total_rows))
+        progress.start(RunStart(command, spec.name, str(spec.spec_path), objects.display(spec.input.path), total_rows))
     try:
         anyio.run(_send_async, jobs, config, pacer, store, tally, control, options)
     finally:
