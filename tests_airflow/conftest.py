@@ -1,4 +1,5 @@
-"""What the Airflow tests share: an initialised Airflow home with the example DAG loaded, and a PostgreSQL server."""
+"""What the Airflow tests share: an initialised Airflow home with the example DAG loaded, a PostgreSQL server and
+an S3-compatible server."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from types import ModuleType
 import pytest
 
 from tests.postgres_server import running_postgres
+from tests.s3_server import S3Server, running_s3
 
 REPO = Path(__file__).resolve().parents[1]
 DAG_FILE = REPO / "examples" / "airflow" / "campaign_dag.py"
@@ -47,3 +49,10 @@ def postgres_server() -> Iterator[str]:
     installs its binaries, and .ci/run runs that first)."""
     with running_postgres() as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """moto's S3-compatible server on 127.0.0.1 (tests/s3_server.py), checking every request's credentials."""
+    with running_s3(authenticated=True) as server:
+        yield server

@@ -1,7 +1,8 @@
 """The DAG on workers that share no disk (README, "Running on several machines"): under `dag.test()`, every command
 a task runs starts in a fresh folder of its own (its working directory, HOME and TMPDIR), deleted when the command
 ends - a pod of its own - so nothing one task writes locally is there for the next. All the run shares is the state
-in the test's PostgreSQL and the files under the bucket prefix. One shard is killed with SIGKILL half-way, while it
+in the test's PostgreSQL and the objects under the bucket prefix, in the test's S3 server (moto's, on 127.0.0.1,
+checking every request's signature). One shard is killed with SIGKILL half-way, while it
 sends, and retried in yet another fresh folder: the mock API sees every row accepted exactly once, and the merged
 results under the bucket are complete and in input order.
 """
@@ -31,6 +32,7 @@ import pytest
 import yaml
 
 from tests.postgres_server import wait_until_session_gone
+from tests.s3_server import S3Server
 
 pytestmark = pytest.mark.filterwarnings("default")  # Airflow's own deprecation warnings are not the project's
 
@@ -148,21 +150,26 @@ class Pods:
 
 
 class Bucket:
-    """The bucket prefix the DAG is given, and how the test reads and writes objects under it."""
+    """The bucket prefix the DAG is given (s3://BUCKET/PREFIX on the test's S3 server), and the test's own look at
+    the objects under it (boto3; the tool uses its own library)."""
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.prefix = str(folder)
+    def __init__(self, server: S3Server, prefix: str) -> None:
+        self.server = server
+        self.key_prefix = prefix
+        self.prefix = f"s3://{server.bucket}/{prefix}"
+        self.client: Any = server.client()
 
     def put(self, name: str, content: bytes) -> None:
-        (self.folder / name).parent.mkdir(parents=True, exist_ok=True)
-        (self.folder / name).write_bytes(content)
+        self.client.put_object(Bucket=self.server.bucket, Key=f"{self.key_prefix}/{name}", Body=content)
 
     def get(self, name: str) -> bytes:
-        return (self.folder / name).read_bytes()
+        answer = self.client.get_object(Bucket=self.server.bucket, Key=f"{self.key_prefix}/{name}")
+        content: bytes = answer["Body"].read()
+        return content
 
     def names(self) -> list[str]:
-        return sorted(str(p.relative_to(self.folder)) for p in self.folder.rglob("*") if p.is_file())
+        listed = self.client.list_objects_v2(Bucket=self.server.bucket, Prefix=f"{self.key_prefix}/")
+        return sorted(item["Key"].removeprefix(f"{self.key_prefix}/") for item in listed.get("Contents", []))
 
 
 @pytest.fixture
@@ -174,10 +181,12 @@ def state_url(postgres_server: str) -> str:
 
 
 @pytest.fixture
-def bucket(tmp_path: Path) -> Bucket:
-    folder = tmp_path / "bucket" / "campaigns" / "spring"
-    folder.mkdir(parents=True)
-    return Bucket(folder)
+def bucket(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> Bucket:
+    """A fresh prefix in the test's S3 bucket; the workers' environment has the server's credentials and endpoint,
+    as the AWS tools read them (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL)."""
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    return Bucket(s3_server, f"campaigns/{uuid.uuid4().hex[:8]}")
 
 
 @pytest.fixture
