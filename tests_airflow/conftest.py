@@ -4,6 +4,7 @@ an S3-compatible server."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ from types import ModuleType
 
 import pytest
 
-from tests.postgres_server import running_postgres
+from tests.postgres_server import OPT_OUT, PostgresMissing, find_bin, running_postgres
 from tests.s3_server import S3Server, running_s3
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,8 +32,8 @@ def airflow_dag(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModuleType
         # dag.test() registers the DAG from its bundle (the DAGs folder) before it creates the run
         env.setenv("AIRFLOW__CORE__DAGS_FOLDER", str(DAG_FILE.parent))
         # the DAG's defaults, not the caller's
-        for name in ("SENTDM_SPEC", "SENTDM_PYTHON", "SENTDM_PROJECT_DIR", "SENTDM_STATE", "SENTDM_BUCKET"):
-            env.delenv(name, raising=False)
+        for name in ("SPEC", "PYTHON", "PROJECT_DIR", "STATE", "BUCKET", "SHARD_RATE"):
+            env.delenv(f"SENTDM_{name}", raising=False)
         # the real command an operator runs; in a subprocess so that its logging setup stays out of this process
         subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True, timeout=300)
         spec = importlib.util.spec_from_file_location("campaign_dag", DAG_FILE)
@@ -47,6 +48,12 @@ def airflow_dag(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModuleType
 def postgres_server() -> Iterator[str]:
     """The URL of a PostgreSQL server started for the session (tests/postgres_server.py; scripts/install-postgresql
     installs its binaries, and .ci/run runs that first)."""
+    try:
+        find_bin()
+    except PostgresMissing as exc:  # fails loudly, as in the main suite, unless the developer opted out
+        if os.environ.get(OPT_OUT) == "1":
+            pytest.skip(str(exc))
+        pytest.fail(str(exc))
     with running_postgres() as url:
         yield url
 

@@ -245,7 +245,13 @@ def test_killed_shard_retried_on_another_pod_sends_each_row_once_and_merges_from
     monkeypatch.setattr(shard_task, "retry_delay", timedelta(seconds=1))
 
     run = airflow_dag.campaign_dag.test(
-        run_conf={"spec": str(image / "campaign.yaml"), "shards": 2, "state": state_url, "bucket": bucket.prefix}
+        run_conf={
+            "spec": str(image / "campaign.yaml"),
+            "shards": 2,
+            "state": state_url,
+            "bucket": bucket.prefix,
+            "shard_rate": "500/s",
+        }
     )
 
     tis = _task_instances(run)
@@ -267,6 +273,15 @@ def test_killed_shard_retried_on_another_pod_sends_each_row_once_and_merges_from
 
     # every row accepted exactly once, across the kill and the retry
     assert mock_api.accepted == Counter({number(i): 1 for i in range(ROWS)})
+
+    # each shard attempt was given the run's rate and places
+    runs = [p.args for p in pods.started if "run" in p.args]
+    assert len(runs) == 3
+    for args in runs:
+        assert args[args.index("--rate") + 1] == "500/s"
+        assert args[args.index("--state") + 1] == state_url
+        assert args[args.index("--results") + 1] == f"{bucket.prefix}/people-results.csv"
+        assert args[args.index("--input") + 1] == f"{bucket.prefix}/people.csv"
 
     # every command ran in its own folder, gone after it; nothing was written beside the spec
     assert len({*pods.folders}) == 6  # --version, validate, 2 shards and 1 retry, merge

@@ -5,11 +5,12 @@ modules (2.4 or newer, for dynamic task mapping), so the same file also loads th
 
 Tasks
 -----
-validate      `python -m pipeline validate SPEC`: checks the spec and every row before anything is sent.
+validate      `python -m pipeline validate SPEC [PLACES]`: checks the spec and every row before anything is sent.
 shard_numbers [0 .. N-1], the list the shard tasks are mapped over (N is a param, so known only at run time).
-run_shard[i]  one mapped task per shard, `python -m pipeline run SPEC --shard i/N --quiet --summary-json ...`;
-              returns the run summary (counts, paths, abort reason), which lands in XCom.
-merge         `python -m pipeline merge SPEC`: the shard results -> `output.results`, in input order.
+run_shard[i]  one mapped task per shard, `python -m pipeline run SPEC --shard i/N --quiet --log-format json
+              [PLACES] [--summary-json BUCKET/summaries/shard-i-of-N.json] [--rate R]`; returns the run summary
+              (counts, paths, abort reason) that the tool prints as its last JSON line, which lands in XCom.
+merge         `python -m pipeline merge SPEC [PLACES]`: the shard results -> `output.results`, in input order.
 report        adds up the shard summaries and decides whether the campaign needs a person (see below).
 
 Params (set them when triggering; each falls back to an environment variable of the worker, then to a default)
@@ -19,6 +20,11 @@ spec            SENTDM_SPEC, else configs/campaign.yaml; a relative path is take
 python          SENTDM_PYTHON, else the worker's own Python; it must be able to `import pipeline`
 shards          N, the number of parallel shard tasks (default 3)
 fail_on_unsent  true: the run fails when any row was not sent (default); false: it only logs a warning
+state           SENTDM_STATE, else the spec's output.state: where the campaign state is, a postgresql:// URL
+                without a password (PGPASSWORD or ~/.pgpass on the workers); passed as `--state`
+bucket          SENTDM_BUCKET, else none (the spec's own paths): a prefix such as s3://BUCKET/campaigns/2026-12
+                under which every task reads and writes the campaign's files (below); needs `state`
+shard_rate      SENTDM_SHARD_RATE, else none (send.rate/N): each shard's rate, passed as `--rate`, e.g. 2/s
 
 What each exit code of the tool does to a task
 ----------------------------------------------
@@ -51,9 +57,17 @@ when `validate` failed, since then no shard ran. `report` needs every shard and 
 (all_success), so a shard that failed for good fails the run too: `report` is the only leaf task, and a run fails
 when a leaf has failed or its upstream has.
 
-All tasks of a run must see the same files (merge reads every shard's results): use one worker, or keep
-`output.results` on storage that every worker mounts. max_active_runs=1 because two runs of one campaign would
-refuse each other (exit 2, "already running").
+Workers that share no disk (Celery, Kubernetes executors): give the run `state` and `bucket` (or set SENTDM_STATE
+and SENTDM_BUCKET on every worker). PLACES above is then `--state STATE --input BUCKET/<input.path's file name>
+--results BUCKET/<output.results' file name>`, so every task reads and writes only the state in PostgreSQL and the
+objects under the bucket prefix: the input (upload it there before triggering), the shard results and manifests
+(beside the results), the merged results and the shard summaries (BUCKET/summaries/). Nothing a task leaves on its
+worker's disk is read by another task, and the summaries reach `report` through XCom, from the tool's output. A
+retried shard on another worker or in a fresh pod resumes from the state in PostgreSQL and never resends a row the
+server acknowledged; the advisory lock refuses a second live attempt of the same shard (exit 2). Without them, all
+tasks must see the same files (merge reads every shard's results): use one worker, or keep `output.results` on
+storage every worker mounts. README.md, "Running on several machines", has the settings for each executor.
+max_active_runs=1 because two runs of one campaign would refuse each other (exit 2, "already running").
 """
 
 from __future__ import annotations
@@ -107,6 +121,7 @@ def _settings(params: dict[str, Any]) -> dict[str, Any]:
     spec = Path(params.get("spec") or os.environ.get("SENTDM_SPEC") or DEFAULT_SPEC)
     python = params.get("python") or os.environ.get("SENTDM_PYTHON") or sys.executable
     state = params.get("state") or os.environ.get("SENTDM_STATE") or None
+    shard_rate = params.get("shard_rate") or os.environ.get("SENTDM_SHARD_RATE") or None
     bucket = (params.get("bucket") or os.environ.get("SENTDM_BUCKET") or "").rstrip("/") or None
     settings = {
         "project_dir": str(project),
@@ -115,6 +130,7 @@ def _settings(params: dict[str, Any]) -> dict[str, Any]:
         "shards": int(params["shards"]),
         "state": state,
         "bucket": bucket,
+        "shard_rate": shard_rate,
     }
     if state is not None and urlsplit(state).password is not None:
         # params and XCom are kept in Airflow's database and shown in its UI: no secret may travel in them
@@ -260,6 +276,8 @@ def run_shard(settings: dict[str, Any], shard: int) -> dict[str, Any]:
     # JSON lines: the summary comes back on stdout, so nothing here depends on a local file (a pod's disk is gone
     # when the task ends); under a bucket a copy of it is also kept there, beside the results
     args = ["run", settings["spec"], "--shard", label, "--quiet", "--log-format", "json", *_locations(settings)]
+    if settings.get("shard_rate"):
+        args += ["--rate", settings["shard_rate"]]
     if settings.get("bucket"):
         args += ["--summary-json", f"{settings['summaries']}/shard-{shard}-of-{settings['shards']}.json"]
     code, tail, summary = _cli(settings, *args)
@@ -342,6 +360,9 @@ def report(summaries: list[dict[str, Any]], merged: dict[str, Any]) -> dict[str,
             "",
             type="string",
             description="postgresql:// URL of the state, no password; empty: $SENTDM_STATE or the spec's",
+        ),
+        "shard_rate": Param(
+            "", type="string", description="each shard's rate (--rate), e.g. 2/s; empty: $SENTDM_SHARD_RATE or rate/N"
         ),
         "bucket": Param(
             "",
