@@ -312,6 +312,11 @@ def test_killed_shard_retried_on_another_pod_sends_each_row_once_and_merges_from
     assert sum(s["counts"].get("sent", 0) for s in summaries) == ROWS
     stored = [json.loads(bucket.get(f"summaries/shard-{i}-of-2.json")) for i in (0, 1)]
     assert [s["counts"] for s in stored] == [s["counts"] for s in summaries]
+    # what XCom says names the objects, not some worker's local copy of them
+    assert [s["results_path"] for s in summaries] == [
+        f"{bucket.prefix}/people-results.shard-{i}-of-2.csv" for i in (0, 1)
+    ]
+    assert _xcom(run, "merge") == [{"exit_code": 0, "results_path": f"{bucket.prefix}/people-results.csv"}]
     [totals] = _xcom(run, "report")
     assert totals["rows"] == ROWS
     assert totals["not_sent"] == {}
