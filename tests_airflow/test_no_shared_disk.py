@@ -344,6 +344,24 @@ def test_a_bucket_without_a_state_fails_at_validate(airflow_dag: ModuleType, buc
     assert bucket.names() == []
 
 
+def test_a_bucket_takes_the_state_of_the_spec_when_the_run_names_none(airflow_dag: ModuleType, tmp_path: Path) -> None:
+    spec = tmp_path / "campaign.yaml"
+    output = {"results": "../out/results.parquet", "state": "postgresql://sentdm@db.internal/campaigns"}
+    spec.write_text(yaml.safe_dump({"input": {"path": "data/people.csv"}, "output": output}), encoding="utf-8")
+
+    settings = airflow_dag._settings({"shards": 4, "spec": str(spec), "bucket": "s3://acme/2026-12/"})
+
+    assert settings["input"] == "s3://acme/2026-12/people.csv"
+    assert settings["results"] == "s3://acme/2026-12/results.parquet"
+    # the spec's own state is used: no --state, and the input and results under the bucket
+    assert airflow_dag._locations(settings) == [
+        "--input",
+        "s3://acme/2026-12/people.csv",
+        "--results",
+        "s3://acme/2026-12/results.parquet",
+    ]
+
+
 def test_a_password_in_the_state_url_is_refused(airflow_dag: ModuleType, tmp_path: Path) -> None:
     with pytest.raises(airflow_dag.AirflowFailException) as raised:
         airflow_dag._settings({"shards": 1, "state": "postgresql://sentdm:hunter2@db/campaigns"})

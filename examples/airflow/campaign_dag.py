@@ -23,7 +23,8 @@ fail_on_unsent  true: the run fails when any row was not sent (default); false: 
 state           SENTDM_STATE, else the spec's output.state: where the campaign state is, a postgresql:// URL
                 without a password (PGPASSWORD or ~/.pgpass on the workers); passed as `--state`
 bucket          SENTDM_BUCKET, else none (the spec's own paths): a prefix such as s3://BUCKET/campaigns/2026-12
-                under which every task reads and writes the campaign's files (below); needs `state`
+                under which every task reads and writes the campaign's files (below); needs `state` (or the
+                spec's output.state)
 shard_rate      SENTDM_SHARD_RATE, else none (send.rate/N): each shard's rate, passed as `--rate`, e.g. 2/s
 
 What each exit code of the tool does to a task
@@ -139,24 +140,26 @@ def _settings(params: dict[str, Any]) -> dict[str, Any]:
             "give the workers PGPASSWORD or a ~/.pgpass (PGPASSFILE) instead."
         )
     if bucket is not None:
-        if state is None:
+        input_name, results_name, spec_state = _read_spec(Path(settings["spec"]))
+        if state is None and not spec_state:
             raise AirflowFailException(
                 f"bucket {bucket} is set but no state: the shards' state must outlive their workers too. Set the "
-                "param `state` (or SENTDM_STATE) to a postgresql:// URL every worker reaches."
+                "param `state` (or SENTDM_STATE, or the spec's output.state) to a postgresql:// URL every worker "
+                "reaches."
             )
-        input_name, results_name = _file_names(Path(settings["spec"]))
         settings["input"] = f"{bucket}/{input_name}"
         settings["results"] = f"{bucket}/{results_name}"
         settings["summaries"] = f"{bucket}/summaries"
     return settings
 
 
-def _file_names(spec: Path) -> tuple[str, str]:
-    """The file names of the spec's input.path and output.results: under a bucket, the input is read from
-    BUCKET/<its name> and the results written to BUCKET/<theirs>."""
+def _read_spec(spec: Path) -> tuple[str, str, str]:
+    """The file names of the spec's input.path and output.results (under a bucket, the input is read from
+    BUCKET/<its name> and the results written to BUCKET/<theirs>), and its output.state as written, or ''."""
     try:
         data = yaml.safe_load(spec.read_text(encoding="utf-8"))
         names = (PurePosixPath(data["input"]["path"]).name, PurePosixPath(data["output"]["results"]).name)
+        state = str(data["output"].get("state") or "")
     except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
         raise AirflowFailException(
             f"{spec}: cannot read input.path and output.results, whose file names are used in the bucket ({exc}); "
@@ -167,7 +170,7 @@ def _file_names(spec: Path) -> tuple[str, str]:
             f"{spec}: with a bucket, input.path and output.results must end in a plain file name (no ${{VAR}}): "
             f"the input is read from BUCKET/<name> and the results written to BUCKET/<name>; got {names}."
         )
-    return names
+    return (*names, state)
 
 
 def _locations(settings: dict[str, Any]) -> list[str]:
