@@ -342,9 +342,9 @@ def _load(args: argparse.Namespace, *, as_json: bool = False, offline: bool = Fa
     for warning in warnings:
         kind = "note" if isinstance(warning, Note) else "warning"
         if as_json:
-            emit_json(sys.stderr, kind, message=str(warning))
+            emit_json(sys.stderr, kind, message=objects.show(str(warning)))
         else:
-            print(f"{kind}: {warning}", file=sys.stderr)
+            print(f"{kind}: {objects.show(str(warning))}", file=sys.stderr)
     return spec
 
 

@@ -20,8 +20,11 @@ object that already exists.
 The library is obstore (the Rust `object_store` crate that polars itself uses for cloud files): one wheel with no
 dependencies that speaks S3, Google Cloud Storage and Azure, streams downloads in chunks, does multipart uploads,
 retries, and reads credentials and endpoints from the environment the way each cloud's tools do (AWS_*,
-GOOGLE_*, AZURE_STORAGE_*). fsspec with s3fs/gcsfs/adlfs would need three packages and botocore for the same;
-polars' own cloud reading would load the whole object into memory, which the input's block reading avoids.
+GOOGLE_*, AZURE_STORAGE_*). fsspec with s3fs/gcsfs/adlfs would need three packages and botocore for the same.
+polars' own cloud reading would be a second reading path beside pipeline/source.py's block reader (which cuts a
+local file into blocks of whole records, with line numbers for errors), and writing through it would not give the
+whole-or-nothing object by itself; a streamed local copy keeps the one reading path, and its memory is measured flat
+(README, "Files in object storage").
 Credentials are never part of a URL the tool accepts, and never printed.
 """
 
@@ -30,13 +33,14 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import os
+import re
 import shutil
 import stat
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import unquote, urlsplit
 
 from pipeline.errors import InputError, OutputError
@@ -196,12 +200,20 @@ def describe_failure(url: ObjectUrl, exc: Exception) -> str:
     from obstore.exceptions import PermissionDeniedError, UnauthenticatedError
 
     detail = _first_line(exc)
-    if "NoSuchBucket" in str(exc):
-        return f"{url}: the bucket {url.bucket!r} does not exist. Hint: create it, or fix the bucket's name"
+    metadata = urlsplit(os.environ.get("AWS_METADATA_ENDPOINT") or "http://169.254.169.254").netloc
+    if url.scheme == "s3" and not os.environ.get("AWS_ACCESS_KEY_ID") and metadata in str(exc):
+        # no key in the environment, so the library asked the instance's metadata service for a role, and got none
+        return (
+            f"{url}: no credentials: AWS_ACCESS_KEY_ID is not set, and no instance or pod role answered. "
+            f"Hint: {_CREDENTIALS_HINT['s3']}"
+        )
+    what = "container" if url.scheme == "az" else "bucket"
+    if any(code in str(exc) for code in ("NoSuchBucket", "ContainerNotFound")):
+        return f"{url}: the {what} {url.bucket!r} does not exist. Hint: create it, or fix the {what}'s name"
     if isinstance(exc, FileNotFoundError):
-        return f"{url}: not found. Hint: check the bucket and the object's name, and that the bucket exists"
+        return f"{url}: not found. Hint: check the {what} and the object's name, and that the {what} exists"
     if isinstance(exc, UnauthenticatedError | PermissionDeniedError) or _looks_like_refusal(detail):
-        return f"{url}: access refused ({detail}). Hint: {_CREDENTIALS_HINT[url.scheme]}, with access to this bucket"
+        return f"{url}: access refused ({detail}). Hint: {_CREDENTIALS_HINT[url.scheme]}, with access to this {what}"
     return (
         f"{url}: cannot reach the storage ({detail}). Hint: check the network and the endpoint; "
         f"{_CREDENTIALS_HINT[url.scheme]}"
@@ -218,13 +230,16 @@ def _looks_like_refusal(detail: str) -> bool:
 def _first_line(exc: Exception) -> str:
     text = str(exc).split("\n\nDebug source", 1)[0]
     # the library's text names the request; keep the reason (the status and the server's code), not the XML body
-    line = " ".join(text.split())
-    for noise in ("<?xml",):
-        line = line.split(noise, 1)[0].strip()
+    line = " ".join(text.split()).split("<?xml", 1)[0].strip()
+    # a request's query may be a signature or a SAS token: never shown
+    line = _QUERY.sub(r"\1?***", line)
     code = _xml_code(str(exc))
     if code and code not in line:
         line = f"{line} {code}"
     return _without_secrets(line[:300])
+
+
+_QUERY = re.compile(r"(\bhttps?://[^\s?]+)\?\S*")
 
 
 def _xml_code(text: str) -> str:
@@ -281,10 +296,13 @@ def fetch_matching(folder: Path, pattern: str, *, label: str) -> None:
 
 
 @contextlib.contextmanager
-def existing_copy(path: Path, *, label: str, whole: bool, head_bytes: int) -> Iterator[tuple[Path, int] | None]:
+def existing_copy(
+    path: Path, *, label: str, part: Literal["whole", "head", "parquet-footer"], head_bytes: int
+) -> Iterator[tuple[Path, int] | None]:
     """For an output: the existing file at `path` and its size, or None if there is none. For an object, a local
-    copy of it (its first `head_bytes`, or all of it when `whole`), after checking that its bucket can be reached:
-    a results object that cannot be written is found before anything is sent."""
+    copy of what is needed to tell what it is - all of it, its first `head_bytes`, or a Parquet file's footer (its
+    schema) with the magic bytes around it - after checking that its bucket can be reached: a results object that
+    cannot be written is found before anything is sent."""
     url = url_of(path)
     if url is None:
         yield (path, path.stat().st_size) if path.exists() else None
@@ -303,14 +321,27 @@ def existing_copy(path: Path, *, label: str, whole: bool, head_bytes: int) -> It
                 meta = None
             if meta is not None:
                 size = int(meta["size"])
-                if whole or size <= head_bytes:
+                if part == "whole" or size <= head_bytes:
                     data = bytes(obstore.get(store, url.key).bytes())
                 else:
-                    data = bytes(obstore.get_range(store, url.key, start=0, end=head_bytes))
+                    data = _parquet_footer(store, url.key, size) if part == "parquet-footer" else b""
+                    data = data or bytes(obstore.get_range(store, url.key, start=0, end=head_bytes))
                 copy.write_bytes(data)
         except _storage_errors() as exc:
             raise OutputError(f"{label}: {describe_failure(url, exc)}") from None
         yield None if meta is None else (copy, size)
+
+
+def _parquet_footer(store: ObjectStore, key: str, size: int) -> bytes:
+    """`PAR1`, the footer and its length, `PAR1`: a file Parquet readers take the schema of, without the data; empty
+    when the object does not end like a Parquet file."""
+    import obstore
+
+    tail = bytes(obstore.get_range(store, key, start=size - 8, end=size))
+    length = int.from_bytes(tail[:4], "little")
+    if tail[4:] != b"PAR1" or length + 12 > size:
+        return b""
+    return b"PAR1" + bytes(obstore.get_range(store, key, start=size - 8 - length, end=size))
 
 
 @contextlib.contextmanager
@@ -319,6 +350,7 @@ def synced() -> Iterator[None]:
     to its object, then the mirror deleted. Uploads happen even when the command failed after writing a file:
     whatever is in the mirror was written whole."""
     root = mirror_root()
+    _remove_stale_mirrors(root.parent)
     shutil.rmtree(root, ignore_errors=True)  # a folder left by a killed process that had this PID
     failed = True
     try:
@@ -330,6 +362,26 @@ def synced() -> Iterator[None]:
                 _upload_written(root, quiet=failed)
         finally:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def _remove_stale_mirrors(folder: Path) -> None:
+    """Delete the mirrors of processes that no longer run (killed before they could): they hold copies of inputs."""
+    for stale in folder.glob("sentdm-batch-objects-*"):
+        pid = stale.name.rpartition("-")[2]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    if os.name == "nt":  # signal 0 would end the process there; leave the folder to the system's temp cleaning
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # someone else's process
+    return True
 
 
 def _upload_written(root: Path, *, quiet: bool) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import Literal
 
 import polars as pl
 
@@ -88,9 +89,12 @@ def _check_replaceable(out: Output) -> None:
     if path.exists() and not path.is_file():
         # a rename over a folder or device would replace it, or fail only after every message was sent
         raise OutputError(f"{path}: {out.label} exists and is not a regular file. Hint: choose another path.")
-    # an object in a bucket is looked at through a copy: all of a Parquet file or a summary, the head of a table
-    whole = out.kind is not Kind.RESULTS or path.suffix.lower() == ".parquet"
-    with objects.existing_copy(path, label=out.label, whole=whole, head_bytes=_PEEK_BYTES) as existing:
+    # an object in a bucket is looked at through a copy of what tells: a summary whole, a table's head, a Parquet
+    # file's footer
+    part: Literal["whole", "head", "parquet-footer"] = "whole"
+    if out.kind is Kind.RESULTS:
+        part = "parquet-footer" if path.suffix.lower() == ".parquet" else "head"
+    with objects.existing_copy(path, label=out.label, part=part, head_bytes=_PEEK_BYTES) as existing:
         if existing is None:
             return
         copy, size = existing

@@ -143,7 +143,8 @@ def open_contacts(source: InputSpec, fmt: str, *, required: Sequence[str]) -> Co
         raise InputError(f"{path}: input file has a header but no rows. Nothing to send.")
     notes = []
     if unnamed:
-        notes.append(f"{path}: {_columns(unnamed)} no name; unused by the spec, ignored and left out of the results.")
+        shown = objects.display(path)
+        notes.append(f"{shown}: {_columns(unnamed)} no name; unused by the spec, ignored and left out of the results.")
     return ContactSource(
         spec=source,
         fmt=fmt,

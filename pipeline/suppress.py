@@ -57,8 +57,8 @@ class ListStats:
             return None
         what = "valid phone numbers" if version == "v3" else "GUIDs"
         return (
-            f"{self.path}: {self.unusable} of {self.rows} values in column {self.column!r} are not {what}; they can "
-            "match no row and are ignored."
+            f"{objects.display(self.path)}: {self.unusable} of {self.rows} values in column {self.column!r} are not "
+            f"{what}; they can match no row and are ignored."
         )
 
 

@@ -15,15 +15,20 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import boto3
 import polars as pl
 import pytest
 import yaml
 
 from pipeline import objects
 from pipeline.sandbox import SandboxServer
+from tests.azurite_server import ACCOUNT, AzuriteMissing, AzuriteServer, find_azurite, running_azurite
+from tests.azurite_server import KEY as AZURITE_KEY
+from tests.azurite_server import OPT_OUT as AZURITE_OPT_OUT
 from tests.conftest import API_KEY, api_section, contact_rows, guid, spec_data, write_csv
 from tests.s3_server import S3Server, running_s3
 
@@ -341,12 +346,15 @@ def test_kill_9_during_a_run_leaves_the_earlier_results_object_whole(
         finally:
             process.wait(timeout=30)
         assert get(s3_env, f"{prefix}/out/results.csv") == before
+        killed_mirror = objects.mirror_root().with_name(f"sentdm-batch-objects-{process.pid}")
+        assert (killed_mirror / "s3" / s3_env.bucket / prefix / "in" / "contacts.csv").exists()
         # the rerun replaces the object whole, with every row (rows in flight at the kill may stay `unknown`)
         code, _, err = cli("run", spec)
         assert code in (0, 1), err
         after = results_of(get(s3_env, f"{prefix}/out/results.csv"))
         assert after["result_row"].to_list() == [str(i) for i in range(1, 201)]
         assert after.filter(pl.col("result_status") == "sent").height >= 20
+        assert not killed_mirror.exists()  # the killed run's copy of the input is deleted by the next command
 
 
 _UPLOADER = """
@@ -510,3 +518,221 @@ def test_a_suppression_list_in_the_bucket_is_read_from_it(
     code, _, err = cli("run", spec)
     assert code == 2
     assert f"suppress[0]: {base}/lists/missing.csv: not found" in err
+
+
+_READ_ONLY = (
+    '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", '
+    '"Action": ["s3:GetObject", "s3:ListBucket"], "Resource": "*"}]}'
+)
+
+
+def test_a_refused_upload_after_sending_exits_3_and_a_rerun_writes_the_results_without_sending(
+    cli: Cli, s3_env: S3Server, prefix: str, tmp_path: Path, sandbox: SandboxServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec, base = bucket_campaign(s3_env, prefix, tmp_path, sandbox.url, rows=5)
+    iam: Any = boto3.client("iam", endpoint_url=s3_env.endpoint, region_name="us-east-1", **_admin(s3_env))
+    user = f"reader-{prefix}"
+    iam.create_user(UserName=user)
+    iam.put_user_policy(UserName=user, PolicyName="read", PolicyDocument=_READ_ONLY)
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+    code, _, err = cli("run", spec)
+    assert code == 3
+    assert f"error: {base}/out/results.csv: access refused" in err
+    assert "The object was not written" in err
+    assert "running the same command again writes it without sending again" in err
+    assert key["SecretAccessKey"] not in err
+    assert sandbox.accepted_total == 5
+    assert get(s3_env, f"{prefix}/out/results.csv") is None
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_env.access_key_id)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_env.secret_access_key)
+    code, _, err = cli("run", spec)
+    assert code == 0, err
+    assert sandbox.accepted_total == 5
+    assert set(results_of(get(s3_env, f"{prefix}/out/results.csv"))["result_status"]) == {"sent"}
+
+
+def _admin(s3: S3Server) -> dict[str, str]:
+    return {"aws_access_key_id": s3.access_key_id, "aws_secret_access_key": s3.secret_access_key}
+
+
+@pytest.fixture(scope="module")
+def azurite() -> Iterator[AzuriteServer]:
+    try:
+        find_azurite()
+    except AzuriteMissing as exc:
+        if os.environ.get(AZURITE_OPT_OUT) == "1":
+            pytest.skip(str(exc))
+        pytest.fail(str(exc))
+    with running_azurite() as server:
+        yield server
+
+
+@pytest.fixture
+def azure_env(azurite: AzuriteServer, monkeypatch: pytest.MonkeyPatch) -> AzuriteServer:
+    for name, value in azurite.env().items():
+        monkeypatch.setenv(name, value)
+    return azurite
+
+
+def test_az_urls_work_end_to_end_against_azurite(
+    cli: Cli, azure_env: AzuriteServer, prefix: str, tmp_path: Path, sandbox: SandboxServer
+) -> None:
+    container = azure_env.client().get_container_client(azure_env.container)
+    container.upload_blob(f"{prefix}/in/contacts.csv", csv_bytes(contact_rows(7)))
+    base = f"az://{azure_env.container}/{prefix}"
+    spec = write_spec(
+        tmp_path,
+        input={"path": f"{base}/in/contacts.csv"},
+        api=api_section(sandbox.url),
+        output={"results": f"{base}/out/results.parquet", "state": str(tmp_path / "state.sqlite")},
+    )
+    for i in range(2):
+        code, _, err = cli("run", spec, "--shard", f"{i}/2")
+        assert code == 0, err
+    code, out, err = cli("merge", spec)
+    assert code == 0, err
+    assert f"Results: {base}/out/results.parquet" in out
+    merged = pl.read_parquet(io.BytesIO(container.download_blob(f"{prefix}/out/results.parquet").readall()))
+    assert merged["result_row"].to_list() == list(range(1, 8))
+    assert set(merged["result_status"]) == {"sent"}
+    assert sandbox.accepted_total == 7
+
+    data = yaml.safe_load(spec.read_text())
+    data["output"]["results"] = f"az://no-such-container/{prefix}/results.csv"
+    spec.write_text(yaml.safe_dump(data))
+    code, _, err = cli("run", spec)
+    assert code == 2
+    assert "the container 'no-such-container' does not exist" in err
+
+
+def test_a_wrong_azure_key_is_refused_before_sending_and_never_printed(
+    cli: Cli,
+    azure_env: AzuriteServer,
+    prefix: str,
+    tmp_path: Path,
+    sandbox: SandboxServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    wrong = "d3Jvbmcta2V5LWZvci10ZXN0cy1vbmx5LTQy"
+    monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_KEY", wrong)
+    base = f"az://{azure_env.container}/{prefix}"
+    spec = write_spec(
+        tmp_path,
+        input={"path": f"{base}/in/contacts.csv"},
+        api=api_section(sandbox.url),
+        output={"results": f"{base}/out/results.csv", "state": str(tmp_path / "state.sqlite")},
+    )
+    code, out, err = cli("run", spec)
+    assert code == 2
+    assert f"output.results: {base}/out/results.csv: access refused" in err
+    assert "AZURE_STORAGE_ACCOUNT_KEY" in err
+    assert wrong not in out + err
+    assert sandbox.accepted_total == 0
+
+
+def test_an_existing_parquet_object_is_told_by_its_footer(
+    cli: Cli, s3_env: S3Server, prefix: str, tmp_path: Path, sandbox: SandboxServer
+) -> None:
+    spec, base = bucket_campaign(s3_env, prefix, tmp_path, sandbox.url, rows=3)
+    data = yaml.safe_load(spec.read_text())
+    data["output"]["results"] = f"{base}/out/results.parquet"
+    spec.write_text(yaml.safe_dump(data))
+    noise = [uuid.uuid4().hex for _ in range(20_000)]  # more than the 64 KiB head, incompressible
+
+    def parquet(frame: pl.DataFrame) -> bytes:
+        buffer = io.BytesIO()
+        frame.write_parquet(buffer, compression="uncompressed")
+        return buffer.getvalue()
+
+    foreign = parquet(pl.DataFrame({"name": noise, "phone": noise}))
+    assert len(foreign) > 1 << 17
+    put(s3_env, f"{prefix}/out/results.parquet", foreign)
+    code, _, err = cli("run", spec)
+    assert code == 2
+    assert "found a table with columns 'name', 'phone' and no result_* columns" in err
+    assert get(s3_env, f"{prefix}/out/results.parquet") == foreign
+
+    put(s3_env, f"{prefix}/out/results.parquet", parquet(pl.DataFrame({"result_row": noise, "result_status": noise})))
+    code, _, err = cli("run", spec)
+    assert code == 0, err
+    written = pl.read_parquet(io.BytesIO(get(s3_env, f"{prefix}/out/results.parquet") or b""))
+    assert written["result_status"].to_list() == ["sent"] * 3
+
+
+@pytest.mark.slow
+def test_no_aws_credentials_at_all_is_said_so(
+    cli: Cli, s3_env: S3Server, prefix: str, tmp_path: Path, sandbox: SandboxServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec, _ = bucket_campaign(s3_env, prefix, tmp_path, sandbox.url)
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    # where the library asks for an instance role when no key is set: here, a port nothing listens on
+    monkeypatch.setenv("AWS_METADATA_ENDPOINT", "http://127.0.0.1:9")
+    code, _, err = cli("run", spec)
+    assert code == 2
+    assert "no credentials: AWS_ACCESS_KEY_ID is not set, and no instance or pod role answered" in err
+    assert sandbox.accepted_total == 0
+
+
+def test_a_read_only_sas_token_is_refused_on_upload_and_never_printed(
+    cli: Cli,
+    azure_env: AzuriteServer,
+    prefix: str,
+    tmp_path: Path,
+    sandbox: SandboxServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+    container = azure_env.client().get_container_client(azure_env.container)
+    container.upload_blob(f"{prefix}/in/contacts.csv", csv_bytes(contact_rows(3)))
+    sas = generate_container_sas(
+        ACCOUNT,
+        azure_env.container,
+        account_key=AZURITE_KEY,
+        permission=ContainerSasPermissions(read=True, list=True),
+        expiry=datetime.now(UTC) + timedelta(hours=1),
+    )
+    monkeypatch.delenv("AZURE_STORAGE_ACCOUNT_KEY")
+    monkeypatch.setenv("AZURE_STORAGE_SAS_TOKEN", sas)
+    base = f"az://{azure_env.container}/{prefix}"
+    spec = write_spec(
+        tmp_path,
+        input={"path": f"{base}/in/contacts.csv"},
+        api=api_section(sandbox.url),
+        output={"results": f"{base}/out/results.csv", "state": str(tmp_path / "state.sqlite")},
+    )
+    code, out, err = cli("run", spec)
+    assert code == 3, err
+    assert f"error: {base}/out/results.csv: access refused" in err
+    signature = dict(part.split("=", 1) for part in sas.split("&"))["sig"]
+    assert signature not in out + err
+    assert sandbox.accepted_total == 3
+
+
+def test_a_rehearsal_and_a_test_send_write_their_results_beside_the_campaigns_in_the_bucket(
+    cli: Cli, s3_env: S3Server, prefix: str, tmp_path: Path, sandbox: SandboxServer
+) -> None:
+    from tests.test_v3 import people, v3_data
+
+    put(s3_env, f"{prefix}/in/customers.csv", csv_bytes(people("+14155550123", "+14155550124", "+14155550125")))
+    base = f"s3://{s3_env.bucket}/{prefix}"
+    data = v3_data(
+        sandbox.url,
+        input={"path": f"{base}/in/customers.csv"},
+        output={"results": f"{base}/out/results.csv", "state": str(tmp_path / "state.sqlite")},
+    )
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(data), encoding="utf-8")
+    code, _, err = cli("run", spec, "--server-dry-run")
+    assert code == 0, err
+    code, _, err = cli("run", spec, "--test-to", "+14155550199")
+    assert code == 0, err
+    assert keys(s3_env, prefix) == ["in/customers.csv", "out/results.server-dry-run.csv", "out/results.test-send.csv"]
+    rehearsal = results_of(get(s3_env, f"{prefix}/out/results.server-dry-run.csv"))
+    assert rehearsal["result_status"].to_list() == ["valid"] * 3
+    assert results_of(get(s3_env, f"{prefix}/out/results.test-send.csv")).height >= 1
+    assert sandbox.accepted_total == 1  # the test send; the rehearsal sent nothing
