@@ -5,14 +5,18 @@ several machines")."""
 from __future__ import annotations
 
 import csv
+import io
 import json
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 
 from tests.conftest import contact_rows, write_csv
+from tests.s3_server import S3Server, running_s3
 
 Cli = Callable[..., tuple[int, str, str]]
 MakeCampaign = Callable[..., Path]
@@ -108,3 +112,50 @@ def test_a_bad_value_names_the_option_it_came_from(make_campaign: MakeCampaign, 
     assert "output.results" in err
     assert "results file must end in .csv, .parquet or .jsonl" in err
     assert "given on the command line, not in the spec: output.results from --results" in err
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[S3Server]:
+    with running_s3(authenticated=True) as server:
+        yield server
+
+
+def test_object_urls_on_the_command_line_with_a_postgresql_state(
+    make_campaign: MakeCampaign,
+    cli: Cli,
+    tmp_path: Path,
+    s3: S3Server,
+    monkeypatch: pytest.MonkeyPatch,
+    new_database: Callable[[], str],
+) -> None:
+    """What the Airflow DAG runs on workers that share no disk: shards and merge meet only in the bucket and the
+    database, each command in a folder of its own."""
+    for name, value in s3.env().items():
+        monkeypatch.setenv(name, value)
+    client: Any = s3.client()
+    prefix = f"cli-{uuid.uuid4().hex[:8]}"
+    people = io.StringIO()
+    writer = csv.DictWriter(people, fieldnames=["contact_id", "first_name", "order_id"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(contact_rows(9))
+    client.put_object(Bucket=s3.bucket, Key=f"{prefix}/people.csv", Body=people.getvalue().encode())
+    spec = make_campaign(contact_rows(2))  # the spec's own input and results are never used
+    bucket = f"s3://{s3.bucket}/{prefix}"
+    places = ["--input", f"{bucket}/people.csv", "--results", f"{bucket}/out.csv", "--state", new_database()]
+
+    for i in range(3):
+        worker = tmp_path / f"worker-{i}"
+        worker.mkdir()
+        monkeypatch.chdir(worker)
+        code, _, err = cli("run", spec, "--shard", f"{i}/3", *places)
+        assert code == 0, err
+    code, out, err = cli("merge", spec, *places)
+
+    assert code == 0, err
+    assert f"Results: {bucket}/out.csv" in out
+    merged = client.get_object(Bucket=s3.bucket, Key=f"{prefix}/out.csv")["Body"].read().decode()
+    rows = list(csv.DictReader(io.StringIO(merged)))
+    assert [r["result_row"] for r in rows] == [str(n) for n in range(1, 10)]
+    assert {r["result_status"] for r in rows} == {"sent"}
+    assert not (tmp_path / "out").exists()
+    assert not any(any(folder.iterdir()) for folder in tmp_path.glob("worker-*"))
