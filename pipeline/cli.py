@@ -332,13 +332,15 @@ def _local(text: str, option: str) -> Path:
         raise errors.UsageError(f"{option}: {exc}") from None
 
 
-def _load(args: argparse.Namespace, *, as_json: bool = False, offline: bool = False) -> CampaignSpec:
-    """The spec (with --input, --results, --state in place of its own), with its warnings printed. `offline`: the
-    command makes no network call, so the credentials may be left unset."""
-    given = {key: getattr(args, option[2:]) for key, option in LOCATION_KEYS.items()}
+def _load(
+    path: str, *, as_json: bool = False, offline: bool = False, places: argparse.Namespace | None = None
+) -> CampaignSpec:
+    """The spec, with its warnings printed. `offline`: the command makes no network call, so the credentials may
+    be left unset. `places`: the command's arguments, whose --input, --results and --state replace the spec's."""
+    given = {key: getattr(places, option[2:], None) for key, option in LOCATION_KEYS.items()}
     # a path given here is relative to the current folder (the spec's own paths are relative to the spec)
     locations = {key: value if "://" in value else str(Path(value).resolve()) for key, value in given.items() if value}
-    spec, warnings = load_spec(args.spec, offline=offline, locations=locations)
+    spec, warnings = load_spec(path, offline=offline, locations=locations)
     for warning in warnings:
         kind = "note" if isinstance(warning, Note) else "warning"
         if as_json:
@@ -349,7 +351,7 @@ def _load(args: argparse.Namespace, *, as_json: bool = False, offline: bool = Fa
 
 
 def _validate(args: argparse.Namespace) -> int:
-    spec = _load(args, as_json=args.log_format == "json", offline=True)
+    spec = _load(args.spec, as_json=args.log_format == "json", offline=True, places=args)
     output = _local(args.output, "--output") if args.output else None
     report = validate_campaign(spec, output=output, offline=args.offline)
     for warning in report.warnings:
@@ -394,7 +396,7 @@ def _print_validation(spec: CampaignSpec, report: ValidationReport, out: TextIO)
 
 
 def _run(args: argparse.Namespace, retry: RetrySelection | None = None) -> int:
-    spec = _load(args, as_json=args.log_format == "json", offline=args.dry_run)
+    spec = _load(args.spec, as_json=args.log_format == "json", offline=args.dry_run, places=args)
     progress: ProgressSink
     if args.log_format == "json":
         progress = JsonProgress(sys.stderr)
@@ -508,7 +510,7 @@ def _write_json(path: Path, summary: RunSummary) -> None:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    spec = _load(args, as_json=args.log_format == "json" or args.json, offline=True)
+    spec = _load(args.spec, as_json=args.log_format == "json" or args.json, offline=True, places=args)
     found = plan_campaign(spec, max_messages=args.max_messages)
     if args.json or args.log_format == "json":
         print(json.dumps(found.to_json(), ensure_ascii=False))
@@ -518,7 +520,7 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _merge(args: argparse.Namespace) -> int:
-    summary = merge_shards(_load(args, as_json=args.log_format == "json"))
+    summary = merge_shards(_load(args.spec, as_json=args.log_format == "json", places=args))
     if args.log_format == "json":
         emit_json(sys.stdout, "merge", **asdict(summary))
     else:
