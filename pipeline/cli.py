@@ -27,6 +27,9 @@ from pipeline.campaign import (
 from pipeline.campaign.plan import format_plan, plan_campaign
 from pipeline.merge import merge_shards
 from pipeline.progress import BarProgress, JsonProgress, LogProgress, emit_json, format_summary
+from pipeline.report import check_report_path, report_campaign
+from pipeline.report.html import write_html
+from pipeline.report.text import format_report
 from pipeline.sandbox import ENDPOINTS, serve_forever
 from pipeline.shard import Shard
 from pipeline.spec import LOCATION_KEYS, CampaignSpec, Note, load_spec, parse_rate
@@ -249,6 +252,18 @@ def _build_parser() -> argparse.ArgumentParser:
         "--empty-success", action="store_true", default=None, help="answer v1 sends too with 204 and no body (like v2)"
     )
     sandbox.set_defaults(handler=_sandbox)
+
+    report = commands.add_parser(
+        "report",
+        help="what happened to a campaign: funnel, reasons, delivery by channel, rate and latency",
+        description="Summarise the campaign's results file (output.results) on the terminal, or with --html as one "
+        "self-contained HTML file with charts (opens offline; holds no names or numbers). Delivery figures need "
+        "the delivery columns `track` adds. Exit 0, or 2 when there is no results file yet.",
+    )
+    report.add_argument("spec", help="path to the YAML job spec")
+    report.add_argument("--html", metavar="FILE", help="write the report as one HTML file (replaced atomically)")
+    report.add_argument("--json", action="store_true", help="print the figures as one JSON object instead of text")
+    report.set_defaults(handler=_campaign_report)
 
     webhooks = commands.add_parser(
         "webhooks",
@@ -529,6 +544,19 @@ def _merge(args: argparse.Namespace) -> int:
             print(f"  {status:<13}  {n}")
         print(f"Results: {summary.results_path}")
     return _exit_for(summary.counts)
+
+
+def _campaign_report(args: argparse.Namespace) -> int:
+    spec = _load(args.spec, offline=True)
+    html = Path(args.html).resolve() if args.html else None
+    if html is None:
+        found = report_campaign(spec)
+        print(json.dumps(found.to_json(), ensure_ascii=False) if args.json else format_report(found))
+        return errors.EXIT_OK
+    check_report_path(spec, html)
+    write_html(report_campaign(spec), html)
+    print(f"Report: {html}")
+    return errors.EXIT_OK
 
 
 def _sandbox(args: argparse.Namespace) -> int:

@@ -116,6 +116,7 @@ class RunControl:
         self.retrying = 0  # rows waiting out a backoff before their next attempt (shown while a run is slow)
         self.last_retry_error: str | None = None
         self._on_stop: list[Callable[[], None]] = []
+        self._pauses: set[anyio.CancelScope] = set()
 
     def on_stop(self, callback: Callable[[], None]) -> None:
         """Call `callback` once the run starts stopping (at once if it already has)."""
@@ -127,8 +128,22 @@ class RunControl:
         if self.stopping:
             return
         self.stopping = True
+        for scope in list(self._pauses):
+            scope.cancel()
         for callback in self._on_stop:
             callback()
+
+    async def pause(self, delay_s: float) -> None:
+        """Sleep `delay_s`, or less: a stop ends the pause at once. A backoff can last a minute (a server's
+        Retry-After); an interrupt must not wait for it - schedulers send SIGKILL a few seconds after SIGTERM."""
+        if self.stopping:
+            return
+        with anyio.CancelScope() as scope:
+            self._pauses.add(scope)
+            try:
+                await anyio.sleep(delay_s)
+            finally:
+                self._pauses.discard(scope)
 
     def abort(self, reason: str) -> None:
         if self.abort_reason is None:
@@ -294,7 +309,7 @@ class _Sender:
                     self.control.retrying += 1
                     self.control.last_retry_error = error
                     try:
-                        await anyio.sleep(delay)
+                        await self.control.pause(delay)
                     finally:
                         self.control.retrying -= 1
                     if await self.pacer.wait_turn():
@@ -372,8 +387,7 @@ class _Sender:
         host = self.url.raw_host.decode("ascii")
         loop = asyncio.get_running_loop()
         for delay in _NAME_RECHECK_DELAYS_S:
-            if not self.control.stopping:
-                await anyio.sleep(delay)
+            await self.control.pause(delay)
             if self.control.stopping:
                 return False  # the run is stopping anyway (another row may have stopped it): nothing to decide
             try:

@@ -167,6 +167,23 @@ def test_sigterm_finishes_requests_in_flight_writes_results_and_exits_143(
     assert len(server.requests) == rows
 
 
+def test_sigterm_ends_a_retry_after_wait_at_once(make_campaign: MakeCampaign, server: FaultServer) -> None:
+    # the server asks for a minute's pause: the interrupt must not sit it out (a scheduler's SIGKILL would follow)
+    script = CountingScript(3, Reply(503, headers={"Retry-After": "60"}))
+    server.script = script
+    spec = make_spec(make_campaign, server.url, 3, concurrency=3, max_attempts=5)
+    process = start_run(spec)
+    assert script.reached.wait(timeout=30)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=20)
+    assert process.returncode == 143, err
+    table = results(spec)
+    assert_each_row_once(table, 3)
+    assert set(table["result_status"]) == {"failed"}  # each row keeps the outcome of its one attempt
+    assert set(table["result_attempts"]) == {"1"}
+    assert len(server.requests) == 3
+
+
 @pytest.mark.slow
 def test_a_second_ctrl_c_stops_at_once_and_in_flight_rows_are_unknown(
     make_campaign: MakeCampaign, server: FaultServer
