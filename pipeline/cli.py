@@ -548,14 +548,14 @@ def _merge(args: argparse.Namespace) -> int:
 
 def _campaign_report(args: argparse.Namespace) -> int:
     spec = _load(args.spec, offline=True)
-    html = Path(args.html).resolve() if args.html else None
+    html = _local(args.html, "--html") if args.html else None
     if html is None:
         found = report_campaign(spec)
         print(json.dumps(found.to_json(), ensure_ascii=False) if args.json else format_report(found))
         return errors.EXIT_OK
     check_report_path(spec, html)
     write_html(report_campaign(spec), html)
-    print(f"Report: {html}")
+    print(f"Report: {objects.display(html)}")
     return errors.EXIT_OK
 
 

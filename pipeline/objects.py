@@ -208,7 +208,7 @@ def describe_failure(url: ObjectUrl, exc: Exception) -> str:
             f"Hint: {_CREDENTIALS_HINT['s3']}"
         )
     what = "container" if url.scheme == "az" else "bucket"
-    if any(code in str(exc) for code in ("NoSuchBucket", "ContainerNotFound")):
+    if _MISSING_BUCKET.search(str(exc)):
         return f"{url}: the {what} {url.bucket!r} does not exist. Hint: create it, or fix the {what}'s name"
     if isinstance(exc, FileNotFoundError):
         return f"{url}: not found. Hint: check the {what} and the object's name, and that the {what} exists"
@@ -220,6 +220,7 @@ def describe_failure(url: ObjectUrl, exc: Exception) -> str:
     )
 
 
+_MISSING_BUCKET = re.compile("NoSuchBucket|ContainerNotFound")
 _REFUSALS = ("403", "401", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "Forbidden")
 
 
@@ -254,8 +255,9 @@ def _storage_errors() -> tuple[type[Exception], ...]:
     return (BaseError, OSError)
 
 
-def fetch(path: Path, *, label: str = "input.path") -> None:
-    """If `path` is an object's mirror path, stream the object there (once per command), in blocks."""
+def fetch(path: Path, *, label: str = "input.path", missing_ok: bool = False) -> None:
+    """If `path` is an object's mirror path, stream the object there (once per command), in blocks. `missing_ok`:
+    an object that is not there (in a bucket that is) leaves no file, for the caller to say what that means."""
     url = url_of(path)
     if url is None or path.exists():
         return
@@ -272,6 +274,8 @@ def fetch(path: Path, *, label: str = "input.path") -> None:
         os.replace(temp, path)
     except _storage_errors() as exc:
         temp.unlink(missing_ok=True)
+        if missing_ok and isinstance(exc, FileNotFoundError) and not _MISSING_BUCKET.search(str(exc)):
+            return
         if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and exc.errno is not None:
             raise InputError(f"{label}: {url}: cannot copy it to {temp.parent}: {exc.strerror}") from None
         raise InputError(f"{label}: {describe_failure(url, exc)}") from None

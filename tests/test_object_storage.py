@@ -736,3 +736,23 @@ def test_a_rehearsal_and_a_test_send_write_their_results_beside_the_campaigns_in
     assert rehearsal["result_status"].to_list() == ["valid"] * 3
     assert results_of(get(s3_env, f"{prefix}/out/results.test-send.csv")).height >= 1
     assert sandbox.accepted_total == 1  # the test send; the rehearsal sent nothing
+
+
+def test_the_report_reads_the_results_from_the_bucket_and_writes_its_html_there(
+    cli: Cli, s3_env: S3Server, prefix: str, tmp_path: Path, sandbox: SandboxServer
+) -> None:
+    spec, base = bucket_campaign(s3_env, prefix, tmp_path, sandbox.url, rows=4)
+    code, _, err = cli("report", spec)
+    assert code == 2
+    assert f"{base}/out/results.csv: no results file to report on. Hint: run the campaign first" in err
+    code, _, err = cli("run", spec)
+    assert code == 0, err
+    code, out, err = cli("report", spec, "--json")
+    assert code == 0, err
+    found = json.loads(out)
+    assert found["results"] == f"{base}/out/results.csv"
+    assert "sentdm-batch-objects" not in out
+    code, out, err = cli("report", spec, "--html", f"{base}/out/report.html")
+    assert code == 0, err
+    assert out == f"Report: {base}/out/report.html\n"
+    assert b"<html" in (get(s3_env, f"{prefix}/out/report.html") or b"")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline import objects
 from pipeline.outputs import Kind, Output, check_outputs
 from pipeline.report.summary import CampaignReport, read_results, summarize_results
 from pipeline.results import CsvOptions
@@ -16,8 +17,9 @@ __all__ = ["CampaignReport", "check_report_path", "report_campaign"]
 def report_campaign(spec: CampaignSpec) -> CampaignReport:
     """The aggregates of the campaign's results file (output.results)."""
     path = spec.output.results
+    objects.fetch(path, label="output.results", missing_ok=True)  # results in a bucket are read from a local copy
     results = read_results(path, separator=CsvOptions.of(spec).separator)
-    return summarize_results(results, campaign=spec.name, results_path=str(path))
+    return summarize_results(results, campaign=spec.name, results_path=objects.display(path))
 
 
 def check_report_path(spec: CampaignSpec, html: Path) -> None:
