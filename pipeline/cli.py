@@ -255,6 +255,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     report = commands.add_parser(
         "report",
+        parents=[places],
         help="what happened to a campaign: funnel, reasons, delivery by channel, rate and latency",
         description="Summarise the campaign's results file (output.results) on the terminal, or with --html as one "
         "self-contained HTML file with charts (opens offline; holds no names or numbers). Delivery figures need "
@@ -547,7 +548,7 @@ def _merge(args: argparse.Namespace) -> int:
 
 
 def _campaign_report(args: argparse.Namespace) -> int:
-    spec = _load(args.spec, offline=True)
+    spec = _load(args.spec, offline=True, places=args)
     html = _local(args.html, "--html") if args.html else None
     if html is None:
         found = report_campaign(spec)

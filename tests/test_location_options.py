@@ -50,6 +50,21 @@ def test_input_results_and_state_given_on_the_command_line_replace_the_specs(
     assert "Resumed: 7 row(s) already had an outcome from an earlier run and were not sent again" in out
 
 
+def test_report_reads_the_results_the_option_names(make_campaign: MakeCampaign, cli: Cli, tmp_path: Path) -> None:
+    spec = make_campaign(contact_rows(4))
+    results = tmp_path / "elsewhere" / "results.csv"
+    assert cli("run", spec, "--results", results)[0] == 0
+
+    code, _, err = cli("report", spec)
+    assert code == 2, err  # the spec's own results file was never written
+
+    code, out, err = cli("report", spec, "--results", results, "--json")
+    assert code == 0, err
+    found = json.loads(out)
+    assert found["results"] == str(results)
+    assert found["statuses"] == {"sent": 4}
+
+
 def test_shards_and_merge_follow_the_results_option(make_campaign: MakeCampaign, cli: Cli, tmp_path: Path) -> None:
     spec = make_campaign(contact_rows(12))
     target = tmp_path / "bucket" / "merged.csv"
