@@ -32,7 +32,7 @@ from pipeline.report.html import write_html
 from pipeline.report.text import format_report
 from pipeline.sandbox import ENDPOINTS, serve_forever
 from pipeline.shard import Shard
-from pipeline.spec import CampaignSpec, Note, load_spec, parse_rate
+from pipeline.spec import LOCATION_KEYS, CampaignSpec, Note, load_spec, parse_rate
 from pipeline.webhooks import WEBHOOK_PATH
 from pipeline.webhooks.signature import WebhookSecret
 
@@ -110,10 +110,16 @@ def _build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     logs = argparse.ArgumentParser(add_help=False)
     _global_options(logs, default_log_format=argparse.SUPPRESS, default_quiet=argparse.SUPPRESS)
+    # where the files and the state are, in place of the spec's: one spec for a laptop and a deployment (README,
+    # "Running on several machines")
+    places = argparse.ArgumentParser(add_help=False)
+    places.add_argument("--input", metavar="PATH|URL", help="read the input here instead of input.path")
+    places.add_argument("--results", metavar="PATH|URL", help="write the results here instead of output.results")
+    places.add_argument("--state", metavar="PATH|URL", help="keep the state here instead of output.state")
 
     check = commands.add_parser(
         "validate",
-        parents=[logs],
+        parents=[logs, places],
         epilog=_EPILOG,
         formatter_class=formatter,
         help="read and validate every row; send nothing",
@@ -129,7 +135,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser(
         "run",
-        parents=[logs],
+        parents=[logs, places],
         epilog=_EPILOG,
         formatter_class=formatter,
         help="send the campaign and write the results file",
@@ -175,7 +181,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     retry = commands.add_parser(
         "retry",
-        parents=[logs],
+        parents=[logs, places],
         epilog=_EPILOG,
         formatter_class=formatter,
         help="send again the rows whose last outcome was a transient failure",
@@ -213,7 +219,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     track = commands.add_parser(
         "track",
-        parents=[logs],
+        parents=[logs, places],
         epilog=_TRACK_EPILOG,
         formatter_class=formatter,
         help="learn what became of the campaign's messages and add the delivery columns to the results file",
@@ -242,7 +248,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     plan = commands.add_parser(
         "plan",
-        parents=[logs],
+        parents=[logs, places],
         epilog=_EPILOG,
         formatter_class=formatter,
         help="what a run would do: rows, checks, suppressed and deferred rows, messages, requests, time; sends nothing",
@@ -258,7 +264,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     merge = commands.add_parser(
         "merge",
-        parents=[logs],
+        parents=[logs, places],
         epilog=_EPILOG,
         formatter_class=formatter,
         help="combine the results of a sharded run into one results file",
@@ -290,6 +296,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     report = commands.add_parser(
         "report",
+        parents=[places],
         help="what happened to a campaign: funnel, reasons, delivery by channel, rate and latency",
         description="Summarise the campaign's results file (output.results) on the terminal, or with --html as one "
         "self-contained HTML file with charts (opens offline; holds no names or numbers). Delivery figures need "
@@ -408,10 +415,15 @@ def _local(text: str, option: str) -> Path:
         raise errors.UsageError(f"{option}: {exc}") from None
 
 
-def _load(path: str, *, as_json: bool = False, offline: bool = False) -> CampaignSpec:
+def _load(
+    path: str, *, as_json: bool = False, offline: bool = False, places: argparse.Namespace | None = None
+) -> CampaignSpec:
     """The spec, with its warnings printed. `offline`: the command makes no network call, so the credentials may
-    be left unset."""
-    spec, warnings = load_spec(path, offline=offline)
+    be left unset. `places`: the command's arguments, whose --input, --results and --state replace the spec's."""
+    given = {key: getattr(places, option[2:], None) for key, option in LOCATION_KEYS.items()}
+    # a path given here is relative to the current folder (the spec's own paths are relative to the spec)
+    locations = {key: value if "://" in value else str(Path(value).resolve()) for key, value in given.items() if value}
+    spec, warnings = load_spec(path, offline=offline, locations=locations)
     for warning in warnings:
         kind = "note" if isinstance(warning, Note) else "warning"
         if as_json:
@@ -422,7 +434,7 @@ def _load(path: str, *, as_json: bool = False, offline: bool = False) -> Campaig
 
 
 def _validate(args: argparse.Namespace) -> int:
-    spec = _load(args.spec, as_json=args.log_format == "json", offline=True)
+    spec = _load(args.spec, as_json=args.log_format == "json", offline=True, places=args)
     output = _local(args.output, "--output") if args.output else None
     report = validate_campaign(spec, output=output, offline=args.offline)
     for warning in report.warnings:
@@ -467,7 +479,7 @@ def _print_validation(spec: CampaignSpec, report: ValidationReport, out: TextIO)
 
 
 def _run(args: argparse.Namespace, retry: RetrySelection | None = None) -> int:
-    spec = _load(args.spec, as_json=args.log_format == "json", offline=args.dry_run)
+    spec = _load(args.spec, as_json=args.log_format == "json", offline=args.dry_run, places=args)
     progress: ProgressSink
     if args.log_format == "json":
         progress = JsonProgress(sys.stderr)
@@ -591,8 +603,8 @@ def _track(args: argparse.Namespace) -> int:
     from pipeline.campaign.track import TrackOptions, track_campaign
 
     as_json = args.log_format == "json"
-    spec = _load(args.spec, as_json=as_json, offline=not args.poll)
-    summary_json = Path(args.summary_json).resolve() if args.summary_json else None
+    spec = _load(args.spec, as_json=as_json, offline=not args.poll, places=args)
+    summary_json = _local(args.summary_json, "--summary-json") if args.summary_json else None
 
     def on_round(number: int, waiting: int) -> None:
         if as_json:
@@ -630,7 +642,7 @@ def _track(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    spec = _load(args.spec, as_json=args.log_format == "json" or args.json, offline=True)
+    spec = _load(args.spec, as_json=args.log_format == "json" or args.json, offline=True, places=args)
     found = plan_campaign(spec, max_messages=args.max_messages)
     if args.json or args.log_format == "json":
         print(json.dumps(found.to_json(), ensure_ascii=False))
@@ -640,7 +652,7 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _merge(args: argparse.Namespace) -> int:
-    summary = merge_shards(_load(args.spec, as_json=args.log_format == "json"))
+    summary = merge_shards(_load(args.spec, as_json=args.log_format == "json", places=args))
     if args.log_format == "json":
         emit_json(sys.stdout, "merge", **asdict(summary))
     else:
@@ -652,7 +664,7 @@ def _merge(args: argparse.Namespace) -> int:
 
 
 def _campaign_report(args: argparse.Namespace) -> int:
-    spec = _load(args.spec, offline=True)
+    spec = _load(args.spec, offline=True, places=args)
     html = _local(args.html, "--html") if args.html else None
     if html is None:
         found = report_campaign(spec)

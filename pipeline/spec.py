@@ -803,14 +803,25 @@ class _EnvRefs:
     unset: list[tuple[str, str]] = field(default_factory=list)  # (dotted key, variable) without a default
 
 
+# the keys the command line may set in place of the spec (`--input`, `--results`, `--state`): where the campaign's
+# files and state live, which differ between a laptop and a deployment while the rest of the spec stays the same
+LOCATION_KEYS = {"input.path": "--input", "output.results": "--results", "output.state": "--state"}
+
+
 def load_spec(
-    path: str | Path, *, environ: dict[str, str] | None = None, offline: bool = False
+    path: str | Path,
+    *,
+    environ: dict[str, str] | None = None,
+    offline: bool = False,
+    locations: Mapping[str, str] | None = None,
 ) -> tuple[CampaignSpec, list[str]]:
     """Read, interpolate and validate a job spec. Returns the spec and any warnings (`Note`s among them); raises
     SpecError listing every problem at once.
 
     `offline` is for commands that make no network call (validate, run --dry-run): the API credentials are not
-    needed then, so leaving them unset is a note, not an error."""
+    needed then, so leaving them unset is a note, not an error. `locations` (keys of LOCATION_KEYS) replace those
+    keys of the spec, as given (no `${VAR}` interpolation); a relative path in them is relative to the spec file,
+    like the spec's own, so the command line passes absolute ones."""
     spec_path = Path(path)
     env = dict(os.environ) if environ is None else environ
     try:
@@ -857,12 +868,22 @@ def load_spec(
             )
             data["api"].pop(_CREDENTIAL_KEYS[key], None)
         unset = [u for u in unset if u[0] not in _CREDENTIAL_KEYS]
+    unset = [u for u in unset if u[0] not in (locations or {})]  # replaced anyway: their variables are not needed
     if unset:
         raise SpecError(_unset_message(spec_path, unset))
+    for key, value in (locations or {}).items():
+        section, name = key.split(".")
+        data.setdefault(section, {})
+        if isinstance(data[section], dict):
+            data[section][name] = value
     try:
         spec = CampaignSpec.model_validate(data)
     except ValidationError as exc:
-        raise SpecError(_format_validation_error(spec_path, exc, data)) from None
+        message = _format_validation_error(spec_path, exc, data)
+        if locations:
+            given = ", ".join(f"{key} from {LOCATION_KEYS[key]}" for key in locations)
+            message += f"\n(given on the command line, not in the spec: {given})"
+        raise SpecError(message) from None
     if not offline:
         _require_credentials(spec_path, spec.api, refs, env)
     base = spec_path.resolve().parent

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import http.server
-import importlib.util
 import os
 import signal
 import subprocess
@@ -28,35 +27,11 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-DAG_FILE = REPO / "examples" / "airflow" / "campaign_dag.py"
 CONTACTS = REPO / "sample_data" / "contacts.csv"
 
 # Airflow and its dependencies raise deprecation warnings of their own; the project's warnings-are-errors setting
 # (pyproject.toml) is meant for its own code, so here they are shown, not turned into errors.
 pytestmark = pytest.mark.filterwarnings("default")
-
-
-@pytest.fixture(scope="module")
-def airflow_dag(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModuleType]:
-    """An initialised Airflow home in a temp folder, and the DAG module loaded in it."""
-    home = tmp_path_factory.mktemp("airflow-home")
-    with pytest.MonkeyPatch.context() as env:
-        # Airflow reads its configuration when it is first imported, so all of this comes before any airflow import
-        env.setenv("AIRFLOW_HOME", str(home))
-        env.setenv("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{home}/airflow.db")
-        env.setenv("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
-        # dag.test() registers the DAG from its bundle (the DAGs folder) before it creates the run
-        env.setenv("AIRFLOW__CORE__DAGS_FOLDER", str(DAG_FILE.parent))
-        for name in ("SENTDM_SPEC", "SENTDM_PYTHON", "SENTDM_PROJECT_DIR"):  # the DAG's defaults, not the caller's
-            env.delenv(name, raising=False)
-        # the real command an operator runs; in a subprocess so that its logging setup stays out of this process
-        subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True, timeout=300)
-        spec = importlib.util.spec_from_file_location("campaign_dag", DAG_FILE)
-        assert spec is not None
-        assert spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        yield module
 
 
 def write_spec(folder: Path, **changes: Any) -> Path:

@@ -5,11 +5,12 @@ modules (2.4 or newer, for dynamic task mapping), so the same file also loads th
 
 Tasks
 -----
-validate      `python -m pipeline validate SPEC`: checks the spec and every row before anything is sent.
+validate      `python -m pipeline validate SPEC [PLACES]`: checks the spec and every row before anything is sent.
 shard_numbers [0 .. N-1], the list the shard tasks are mapped over (N is a param, so known only at run time).
-run_shard[i]  one mapped task per shard, `python -m pipeline run SPEC --shard i/N --quiet --summary-json ...`;
-              returns the run summary (counts, paths, abort reason), which lands in XCom.
-merge         `python -m pipeline merge SPEC`: the shard results -> `output.results`, in input order.
+run_shard[i]  one mapped task per shard, `python -m pipeline run SPEC --shard i/N --quiet --log-format json
+              [PLACES] [--summary-json BUCKET/summaries/shard-i-of-N.json] [--rate R]`; returns the run summary
+              (counts, paths, abort reason) that the tool prints as its last JSON line, which lands in XCom.
+merge         `python -m pipeline merge SPEC [PLACES]`: the shard results -> `output.results`, in input order.
 report        adds up the shard summaries and decides whether the campaign needs a person (see below).
 
 Params (set them when triggering; each falls back to an environment variable of the worker, then to a default)
@@ -19,6 +20,12 @@ spec            SENTDM_SPEC, else configs/campaign.yaml; a relative path is take
 python          SENTDM_PYTHON, else the worker's own Python; it must be able to `import pipeline`
 shards          N, the number of parallel shard tasks (default 3)
 fail_on_unsent  true: the run fails when any row was not sent (default); false: it only logs a warning
+state           SENTDM_STATE, else the spec's output.state: where the campaign state is, a postgresql:// URL
+                without a password (PGPASSWORD or ~/.pgpass on the workers); passed as `--state`
+bucket          SENTDM_BUCKET, else none (the spec's own paths): a prefix such as s3://BUCKET/campaigns/2026-12
+                under which every task reads and writes the campaign's files (below); needs `state` (or the
+                spec's output.state)
+shard_rate      SENTDM_SHARD_RATE, else none (send.rate/N): each shard's rate, passed as `--rate`, e.g. 2/s
 
 What each exit code of the tool does to a task
 ----------------------------------------------
@@ -51,9 +58,17 @@ when `validate` failed, since then no shard ran. `report` needs every shard and 
 (all_success), so a shard that failed for good fails the run too: `report` is the only leaf task, and a run fails
 when a leaf has failed or its upstream has.
 
-All tasks of a run must see the same files (merge reads every shard's results): use one worker, or keep
-`output.results` on storage that every worker mounts. max_active_runs=1 because two runs of one campaign would
-refuse each other (exit 2, "already running").
+Workers that share no disk (Celery, Kubernetes executors): give the run `state` and `bucket` (or set SENTDM_STATE
+and SENTDM_BUCKET on every worker). PLACES above is then `--state STATE --input BUCKET/<input.path's file name>
+--results BUCKET/<output.results' file name>`, so every task reads and writes only the state in PostgreSQL and the
+objects under the bucket prefix: the input (upload it there before triggering), the shard results and manifests
+(beside the results), the merged results and the shard summaries (BUCKET/summaries/). Nothing a task leaves on its
+worker's disk is read by another task, and the summaries reach `report` through XCom, from the tool's output. A
+retried shard on another worker or in a fresh pod resumes from the state in PostgreSQL and never resends a row the
+server acknowledged; the advisory lock refuses a second live attempt of the same shard (exit 2). Without them, all
+tasks must see the same files (merge reads every shard's results): use one worker, or keep `output.results` on
+storage every worker mounts. README.md, "Running on several machines", has the settings for each executor.
+max_active_runs=1 because two runs of one campaign would refuse each other (exit 2, "already running").
 """
 
 from __future__ import annotations
@@ -65,10 +80,12 @@ import os
 import shlex
 import subprocess
 import sys
-import tempfile
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import Any, NamedTuple
+from urllib.parse import urlsplit
+
+import yaml  # Airflow's own dependency
 
 try:  # Airflow 3: the Task SDK is the authoring interface
     from airflow.sdk import Param, dag, get_current_context, task
@@ -99,19 +116,82 @@ NOT_SENT = ("invalid", "failed", "unknown", "not_attempted")
 
 
 def _settings(params: dict[str, Any]) -> dict[str, Any]:
-    """Where the project, the spec and the Python are, and how many shards: from the run's params, else the
-    worker's environment, else the defaults."""
+    """Where the project, the spec, the Python, the state and the bucket are, and how many shards: from the run's
+    params, else the worker's environment, else the defaults."""
     project = Path(os.environ.get("SENTDM_PROJECT_DIR") or REPO_DIR).resolve()
     spec = Path(params.get("spec") or os.environ.get("SENTDM_SPEC") or DEFAULT_SPEC)
     python = params.get("python") or os.environ.get("SENTDM_PYTHON") or sys.executable
-    return {"project_dir": str(project), "spec": str(project / spec), "python": python, "shards": int(params["shards"])}
+    state = params.get("state") or os.environ.get("SENTDM_STATE") or None
+    shard_rate = params.get("shard_rate") or os.environ.get("SENTDM_SHARD_RATE") or None
+    bucket = (params.get("bucket") or os.environ.get("SENTDM_BUCKET") or "").rstrip("/") or None
+    settings = {
+        "project_dir": str(project),
+        "spec": str(project / spec),
+        "python": python,
+        "shards": int(params["shards"]),
+        "state": state,
+        "bucket": bucket,
+        "shard_rate": shard_rate,
+    }
+    if state is not None and urlsplit(state).password is not None:
+        # params and XCom are kept in Airflow's database and shown in its UI: no secret may travel in them
+        raise AirflowFailException(
+            "the state URL holds a password; params are stored and shown by Airflow. Remove it from the URL and "
+            "give the workers PGPASSWORD or a ~/.pgpass (PGPASSFILE) instead."
+        )
+    if bucket is not None:
+        input_name, results_name, spec_state = _read_spec(Path(settings["spec"]))
+        if state is None and not spec_state:
+            raise AirflowFailException(
+                f"bucket {bucket} is set but no state: the shards' state must outlive their workers too. Set the "
+                "param `state` (or SENTDM_STATE, or the spec's output.state) to a postgresql:// URL every worker "
+                "reaches."
+            )
+        settings["input"] = f"{bucket}/{input_name}"
+        settings["results"] = f"{bucket}/{results_name}"
+        settings["summaries"] = f"{bucket}/summaries"
+    return settings
 
 
-def _cli(settings: dict[str, Any], *args: str) -> tuple[int, list[str]]:
-    """Run `python -m pipeline ARGS` in the project folder, copying its output into the task log as it comes.
-    Returns the exit code and the last lines of output (for error messages)."""
+def _read_spec(spec: Path) -> tuple[str, str, str]:
+    """The file names of the spec's input.path and output.results (under a bucket, the input is read from
+    BUCKET/<its name> and the results written to BUCKET/<theirs>), and its output.state as written, or ''."""
+    try:
+        data = yaml.safe_load(spec.read_text(encoding="utf-8"))
+        names = (PurePosixPath(data["input"]["path"]).name, PurePosixPath(data["output"]["results"]).name)
+        state = str(data["output"].get("state") or "")
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
+        raise AirflowFailException(
+            f"{spec}: cannot read input.path and output.results, whose file names are used in the bucket ({exc}); "
+            "run `python -m pipeline validate SPEC` to see what is wrong with the spec."
+        ) from None
+    if any("$" in name or not name for name in names):
+        raise AirflowFailException(
+            f"{spec}: with a bucket, input.path and output.results must end in a plain file name (no ${{VAR}}): "
+            f"the input is read from BUCKET/<name> and the results written to BUCKET/<name>; got {names}."
+        )
+    return (*names, state)
+
+
+def _locations(settings: dict[str, Any]) -> list[str]:
+    """The command-line options that put the input, the results and the state where the run's params say."""
+    options = ["--state", settings["state"]] if settings.get("state") else []
+    if settings.get("bucket"):
+        options += ["--input", settings["input"], "--results", settings["results"]]
+    return options
+
+
+class Ran(NamedTuple):
+    code: int  # the tool's exit code
+    tail: list[str]  # the last lines of its output, for error messages
+    summary: dict[str, Any] | None  # with --log-format json: the summary it printed (from stdout, not from a file)
+
+
+def _cli(settings: dict[str, Any], *args: str) -> Ran:
+    """Run `python -m pipeline ARGS` in the project folder, copying its output into the task log as it comes."""
     command = [settings["python"], "-m", "pipeline", *args]
     log.info("$ %s  (in %s)", shlex.join(command), settings["project_dir"])
+    summary: dict[str, Any] | None = None
     # unbuffered: progress lines reach the task log when they are printed, not when the process ends
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     tail: collections.deque[str] = collections.deque(maxlen=20)
@@ -132,7 +212,9 @@ def _cli(settings: dict[str, Any], *args: str) -> tuple[int, list[str]]:
                 line = line.rstrip("\n")
                 log.info("%s", line)
                 tail.append(line)
-            return process.wait(), list(tail)
+                if line.startswith('{"') and '"event": "summary"' in line:
+                    summary = json.loads(line)
+            return Ran(process.wait(), list(tail), summary)
         except BaseException:
             # Airflow is stopping this task (timeout, marked failed, worker shutdown). Pass that on as one SIGTERM:
             # the tool stops taking rows, lets requests in flight finish, writes its results and state, exits 143.
@@ -172,10 +254,10 @@ def validate() -> dict[str, Any]:
     settings = _settings(get_current_context()["params"])
     # Python exits 1 when it cannot even import the tool, and 1 from `validate` only means "some rows are invalid";
     # so first prove that this Python runs sentdm-batch at all
-    code, tail = _cli(settings, "--version")
+    code, tail, _ = _cli(settings, "--version")
     if code != EXIT_OK:
         raise AirflowFailException(f"{settings['python']} cannot run sentdm-batch (exit {code}):\n" + "\n".join(tail))
-    code, tail = _cli(settings, "validate", settings["spec"])
+    code, tail, _ = _cli(settings, "validate", settings["spec"], *_locations(settings))
     _check_exit("validate", code, tail)
     if code == EXIT_ROWS_NOT_SENT:
         log.warning("some rows are invalid: they will not be sent and will be `invalid` in the results (see above)")
@@ -194,17 +276,21 @@ def shard_numbers(settings: dict[str, Any]) -> list[int]:
 def run_shard(settings: dict[str, Any], shard: int) -> dict[str, Any]:
     """Send shard `shard` of the campaign; return its run summary."""
     label = f"{shard}/{settings['shards']}"
-    with tempfile.TemporaryDirectory(prefix="sentdm-summary-") as folder:
-        summary_path = Path(folder) / "summary.json"
-        code, tail = _cli(
-            settings, "run", settings["spec"], "--shard", label, "--quiet", "--summary-json", str(summary_path)
-        )
-        _check_exit(f"shard {label}", code, tail)
-        # exit 1 is also what Python returns for a crash before the tool started (e.g. `pipeline` not installed for
-        # this Python), so only a summary proves the shard really ran
-        if not summary_path.exists():
-            raise AirflowFailException(f"shard {label}: exited {code} without writing a summary:\n" + "\n".join(tail))
-        summary: dict[str, Any] = json.loads(summary_path.read_text(encoding="utf-8"))
+    # JSON lines: the summary comes back on stdout, so nothing here depends on a local file (a pod's disk is gone
+    # when the task ends); under a bucket a copy of it is also kept there, beside the results
+    args = ["run", settings["spec"], "--shard", label, "--quiet", "--log-format", "json", *_locations(settings)]
+    if settings.get("shard_rate"):
+        args += ["--rate", settings["shard_rate"]]
+    if settings.get("bucket"):
+        args += ["--summary-json", f"{settings['summaries']}/shard-{shard}-of-{settings['shards']}.json"]
+    code, tail, summary = _cli(settings, *args)
+    _check_exit(f"shard {label}", code, tail)
+    # exit 1 is also what Python returns for a crash before the tool started (e.g. `pipeline` not installed for
+    # this Python), so only a summary proves the shard really ran
+    if summary is None:
+        raise AirflowFailException(f"shard {label}: exited {code} without printing a summary:\n" + "\n".join(tail))
+    summary.pop("event", None)
+    summary.pop("time", None)
     if code == EXIT_ROWS_NOT_SENT:
         not_sent = {status: n for status, n in summary["counts"].items() if status in NOT_SENT and n}
         log.warning("shard %s finished, but some rows were not sent: %s", label, not_sent)
@@ -216,7 +302,7 @@ def merge(settings: dict[str, Any] | None) -> dict[str, Any]:
     """Combine the shard results into the campaign's results file."""
     if settings is None:  # validate failed, so no shard ran in this run: there is nothing new to merge
         raise AirflowSkipException("validate did not succeed; nothing was sent, nothing to merge")
-    code, tail = _cli(settings, "merge", settings["spec"])
+    code, tail, _ = _cli(settings, "merge", settings["spec"], *_locations(settings))
     _check_exit("merge", code, tail)
     # merge prints `Results: PATH` last; the path is only used in messages, so a change in that text is harmless
     results = next((line.removeprefix("Results: ") for line in reversed(tail) if line.startswith("Results: ")), None)
@@ -273,6 +359,19 @@ def report(summaries: list[dict[str, Any]], merged: dict[str, Any]) -> dict[str,
         # 1024 is Airflow's default limit on the number of mapped task instances (core.max_map_length)
         "shards": Param(3, type="integer", minimum=1, maximum=1024, description="parallel shard tasks (N)"),
         "fail_on_unsent": Param(True, type="boolean", description="fail the run when any row was not sent"),
+        "state": Param(
+            "",
+            type="string",
+            description="postgresql:// URL of the state, no password; empty: $SENTDM_STATE or the spec's",
+        ),
+        "shard_rate": Param(
+            "", type="string", description="each shard's rate (--rate), e.g. 2/s; empty: $SENTDM_SHARD_RATE or rate/N"
+        ),
+        "bucket": Param(
+            "",
+            type="string",
+            description="s3://BUCKET/PREFIX for input, results, summaries; empty: $SENTDM_BUCKET or the spec's",
+        ),
     },
 )
 def sentdm_campaign() -> None:
