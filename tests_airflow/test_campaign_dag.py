@@ -213,6 +213,24 @@ def test_exit_codes_map_to_task_outcomes(airflow_dag: ModuleType, code: int, out
     assert "last line of output" in str(raised.value)
 
 
+def test_a_lock_still_held_is_retried_rather_than_failed(airflow_dag: ModuleType, tmp_path: Path) -> None:
+    # exit 2 is "fix it, do not retry", except when the lock is held: a vanished worker's lock frees within a minute
+    from pipeline.spec import load_spec
+    from pipeline.state import open_state, state_path_for
+
+    spec = write_spec(tmp_path)
+    campaign, _ = load_spec(spec)
+    settings = {"python": sys.executable, "project_dir": str(REPO)}
+    with open_state(state_path_for(campaign.output.results, campaign.name), campaign.name):
+        code, tail, _ = airflow_dag._cli(settings, "run", str(spec), "--quiet", "--log-format", "json")
+    assert code == 2
+    with pytest.raises(airflow_dag.AirflowException) as raised:
+        airflow_dag._check_exit("shard 0/3", code, tail)
+    assert type(raised.value) is airflow_dag.AirflowException  # retried, unlike any other exit 2
+    assert "lock is still held" in str(raised.value)
+    assert not (tmp_path / "results.csv").exists()  # nothing was sent
+
+
 class Stop(Exception):
     """Stands in for the exception Airflow raises in a task it stops (KeyboardInterrupt, AirflowTaskTerminated)."""
 

@@ -33,8 +33,10 @@ What each exit code of the tool does to a task
 1       "finished, but some rows were not sent" (invalid, failed, unknown, not_attempted). The task succeeds - the
         shard did all it could, and retrying would send nothing more - and the `report` task turns it into a
         visible failure (below). For `validate` it is logged as a warning: the valid rows are still sent.
-2       spec, input or usage error, or the same campaign is already running: AirflowFailException, no retry.
-        A config error does not fix itself; running the same thing again only repeats the error.
+2       spec, input or usage error: AirflowFailException, no retry. A config error does not fix itself; running
+        the same thing again only repeats the error. Except "already running": the campaign's lock is held - by a
+        live worker (the retry is refused again), or by an attempt whose machine vanished, whose PostgreSQL
+        session and lock end within about a minute - so that is an AirflowException and Airflow retries.
 3       aborted (authentication failed, the service looks down, the disk filled up after sending began), and
 130/143 interrupted: AirflowException, so Airflow retries. Retrying is safe: a shard resumes from its state and
         never resends a row the server acknowledged. Keep retry_delay longer than `api.timeout_s`, so that a
@@ -104,6 +106,8 @@ DEFAULT_SPEC = "configs/campaign.yaml"
 
 # Exit codes of sentdm-batch (README, "Exit codes")
 EXIT_OK, EXIT_ROWS_NOT_SENT, EXIT_USAGE, EXIT_ABORTED, EXIT_INTERNAL = 0, 1, 2, 3, 70
+# how the tool says another process holds the campaign's lock (exit 2): the one exit-2 case worth a retry
+BUSY_TEXT = "is already running"
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143
 
 # When Airflow stops a task while the tool runs, the tool gets one SIGTERM and this long to finish the requests in
@@ -231,6 +235,10 @@ def _check_exit(what: str, code: int, tail: list[str]) -> None:
     if code in (EXIT_OK, EXIT_ROWS_NOT_SENT):
         return
     last = "\n".join(tail[-5:])
+    if code == EXIT_USAGE and any(BUSY_TEXT in line for line in tail):
+        # the campaign's (shard's) lock is held: by a live worker (the retry is refused again, harmlessly) or by a
+        # previous attempt whose machine vanished, whose PostgreSQL session - and lock - ends within about a minute
+        raise AirflowException(f"{what}: the campaign's lock is still held (exit 2); retrying later:\n{last}")
     if code == EXIT_USAGE:
         raise AirflowFailException(
             f"{what}: spec, input or usage error, or the campaign is already running (exit 2); "
