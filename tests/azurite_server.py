@@ -7,16 +7,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from azure.storage.blob import BlobServiceClient
+
+from tests import server_process
 
 OPT_OUT = "SENTDM_TESTS_WITHOUT_AZURITE"
 ACCOUNT = "devstoreaccount1"
@@ -74,26 +74,11 @@ def running_azurite(*, container: str = "campaigns") -> Iterator[AzuriteServer]:
         with open(log_path, "wb") as log:
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=folder, env=dict(os.environ))
         try:
-            url = _wait_for_address(log_path, process)
+            url = server_process.wait_for_address(
+                log_path, process, r"listens on (http://127\.0\.0\.1:\d+)", "azurite-blob"
+            )
             server = AzuriteServer(url, container)
             server.client().create_container(container)
             yield server
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-def _wait_for_address(log_path: Path, process: subprocess.Popen[bytes]) -> str:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        match = re.search(r"listens on (http://127\.0\.0\.1:\d+)", log_path.read_text(errors="replace"))
-        if match:
-            return match.group(1)
-        if process.poll() is not None:
-            raise RuntimeError(f"azurite-blob stopped: {log_path.read_text(errors='replace')}")
-        time.sleep(0.05)  # polling the log for the address, with a deadline
-    raise RuntimeError("azurite-blob did not start within 60 s")
+            server_process.stop(process)

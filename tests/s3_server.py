@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
+
+from tests import server_process
 
 REGION = "us-east-1"
 # what the set-up sends before the server starts checking signatures: create user, create key, put policy, bucket
@@ -72,27 +72,12 @@ def running_s3(*, authenticated: bool = False, bucket: str = "campaigns") -> Ite
                 [_moto_server(), "-H", "127.0.0.1", "-p", "0"], stdout=log, stderr=subprocess.STDOUT, env=env
             )
         try:
-            endpoint = _wait_for_address(log_path, process)
+            endpoint = server_process.wait_for_address(
+                log_path, process, r"Running on (http://127\.0\.0\.1:\d+)", "moto_server"
+            )
             yield _set_up(endpoint, bucket, authenticated=authenticated)
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-def _wait_for_address(log_path: Path, process: subprocess.Popen[bytes]) -> str:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        match = re.search(r"Running on (http://127\.0\.0\.1:\d+)", log_path.read_text(errors="replace"))
-        if match:
-            return match.group(1)
-        if process.poll() is not None:
-            raise RuntimeError(f"moto_server stopped: {log_path.read_text(errors='replace')}")
-        time.sleep(0.05)  # polling the log for the address, with a deadline
-    raise RuntimeError("moto_server did not start within 60 s")
+            server_process.stop(process)
 
 
 def _set_up(endpoint: str, bucket: str, *, authenticated: bool) -> S3Server:
