@@ -244,6 +244,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "--poll-every", type=_duration, default=60.0, metavar="DURATION", help="pause between rounds (default 1m)"
     )
     track.add_argument("--summary-json", metavar="FILE", help="also write the summary as JSON to FILE")
+    track.add_argument("--shard", type=_shard, metavar="I/N", help="track shard I of N (its state and results file)")
     track.set_defaults(handler=_track)
 
     plan = commands.add_parser(
@@ -620,6 +621,7 @@ def _track(args: argparse.Namespace) -> int:
         until_final=args.until_final,
         max_wait_s=args.max_wait,
         round_pause_s=args.poll_every,
+        shard=args.shard,
     )
     summary = track_campaign(spec, options)
     if as_json:

@@ -91,7 +91,8 @@ def merge_shards(spec: CampaignSpec) -> MergeSummary:
         objects.fetch(part, label=f"the results of shard {i}")
     csv = CsvOptions.of(spec)  # the shards were written with the spec's options too
     frames = [_read(part, csv.separator) for part in parts]
-    merged = pl.concat(frames, how="vertical_relaxed").sort("result_row")
+    # diagonal: shards tracked (with the delivery columns) and shards not yet tracked combine, the latter empty there
+    merged = pl.concat(frames, how="diagonal_relaxed").sort("result_row")
     if merged["result_row"].is_duplicated().any():
         raise UsageError(f"{target.parent}: shard results overlap (a row appears in two shards); not merging.")
     # the shards' `'` were taken off on reading, so writing guards each cell once, as a run would

@@ -695,3 +695,37 @@ def test_the_loop_sample_runs_from_a_fresh_copy_into_the_receiver(tmp_path: Path
     report = pipeline_cli("report", "configs/campaign-v3-loop.yaml", "--html", "out/report.html")
     assert report.returncode == errors.EXIT_OK, report.stderr
     assert "FAILED" in (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+
+
+@pytest.mark.slow
+def test_a_sharded_campaign_is_tracked_shard_by_shard_and_merged_with_its_delivery_columns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pipeline.cli import main
+
+    monkeypatch.setenv(SECRET_ENV, SECRET)
+    spec = loop_spec(tmp_path, "", rows=10)  # webhooks off: the statuses come from the lookups alone
+    data = yaml.safe_load(spec.read_text(encoding="utf-8"))
+    data["api"]["sandbox"]["delivery_ms"] = 50
+    spec.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    for shard in ("0/2", "1/2"):
+        assert main(["run", str(spec), "--shard", shard, "--quiet"]) == errors.EXIT_OK
+    capsys.readouterr()
+
+    # the whole campaign cannot be tracked at once: each shard has its own state and results
+    assert main(["track", str(spec), "--poll"]) == errors.EXIT_USAGE
+    assert "track each shard with --shard I/2" in capsys.readouterr().err
+
+    for shard in ("0/2", "1/2"):
+        tracked = main(["track", str(spec), "--shard", shard, "--poll", "--until-final", "--poll-every", "0.1"])
+        assert tracked == errors.EXIT_OK, capsys.readouterr().err
+    assert main(["merge", str(spec)]) == errors.EXIT_OK
+    merged = pl.read_csv(tmp_path / "out" / "results.csv", infer_schema=False)
+    assert merged["result_row"].to_list() == [str(n) for n in range(1, 11)]
+    assert set(merged["result_delivery_status"]) <= {"DELIVERED", "READ", "FAILED"}
+    assert merged["result_delivery_channel"].to_list() == ["whatsapp"] * 10
+    # each row's status is what the sandbox says of its message
+    campaign, _ = load_spec(spec)
+    with api_endpoint(campaign) as base_url:
+        for message_id, status in merged.select("result_message_id", "result_delivery_status").iter_rows():
+            assert look_up(base_url, message_id).json()["data"]["status"] == status

@@ -37,7 +37,7 @@ from pipeline.campaign.guards import Guards
 from pipeline.campaign.options import RunOptions
 from pipeline.campaign.outcomes import write_results
 from pipeline.campaign.prepare import input_files
-from pipeline.campaign.run import state_path
+from pipeline.campaign.run import shard_spec, state_path
 from pipeline.campaign.sending import _watch_signals
 from pipeline.campaign.waiting import signals_end_the_wait
 from pipeline.errors import OutputError, UsageError
@@ -45,6 +45,7 @@ from pipeline.limits import Pacer
 from pipeline.outcome import Verdict
 from pipeline.outputs import Kind, Output, check_outputs
 from pipeline.send import RunControl, SenderConfig, SendJob, SendOutcome, send_all
+from pipeline.shard import Shard
 from pipeline.spec import CampaignSpec
 from pipeline.state import DeliveryFact, StateStore, open_state, shard_counts, state_exists
 from pipeline.state_location import PostgresState
@@ -55,6 +56,7 @@ NOT_SENT = "not sent yet: run the campaign to send it"
 @dataclass(frozen=True)
 class TrackOptions:
     events: Path | None = None  # the webhook receiver's store
+    shard: Shard | None = None  # one shard of a sharded campaign (its state and results file)
     poll: bool = False  # v3: ask GET /v3/messages/{id} for every message without a final status
     until_final: bool = False  # poll in rounds until every message is final or max_wait_s is up
     max_wait_s: float = 7200.0
@@ -102,15 +104,22 @@ def track_campaign(spec: CampaignSpec, options: TrackOptions) -> TrackSummary:
     """Merge what the webhook store and/or the status lookup say of the campaign's messages into its state, then
     rewrite the results file with the delivery columns. Takes the campaign's lock: not while it is running."""
     _check(spec, options)
+    if options.shard is not None:
+        spec = shard_spec(spec, options.shard)  # the shard's own state and results file (and 1/N of the rate)
+    else:
+        counts = shard_counts(state_path(spec), spec.name) - {1}
+        if counts:
+            count = min(counts)
+            raise UsageError(
+                f"{spec.spec_path}: campaign {spec.name!r} was sent in {count} shards: each has its own state and "
+                f"results. Hint: track each shard with --shard I/{count} (I from 0 to {count - 1}), then "
+                "`python -m pipeline merge` combines their results, delivery columns included."
+            )
     location = state_path(spec)
     if not state_exists(location, spec.name):
         raise UsageError(
             f"{spec.spec_path}: campaign {spec.name!r} has no state at {location}: nothing was sent yet, so there is "
             "nothing to track. Hint: run the campaign first."
-        )
-    if shard_counts(location, spec.name) - {1}:
-        raise UsageError(
-            f"{spec.spec_path}: campaign {spec.name!r} was sent in shards; `track` follows unsharded campaigns only."
         )
     outputs = [Output("output.results", spec.output.results, Kind.RESULTS)]
     if not isinstance(location, PostgresState):
@@ -165,7 +174,13 @@ def track_campaign(spec: CampaignSpec, options: TrackOptions) -> TrackSummary:
         final = len(ids) - len(unsettled_messages(messages, store.delivery_facts(ids)))
         guards = Guards.of(spec, datetime.now(UTC))
         totals = write_results(
-            spec, RunOptions(), spec.output.results, store, NOT_SENT, after_sending=False, guards=guards
+            spec,
+            RunOptions(shard=options.shard),
+            spec.output.results,
+            store,
+            NOT_SENT,
+            after_sending=False,
+            guards=guards,
         )
     interrupted = signal.Signals(control.interrupt_signal).name if control.interrupt_signal is not None else None
     return TrackSummary(
