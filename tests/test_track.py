@@ -31,7 +31,7 @@ from pipeline.state_pg import MIGRATIONS
 from pipeline.state_pg import SCHEMA_VERSION as PG_SCHEMA_VERSION
 from tests.conftest import API_KEY, FakeClock, write_csv
 from tests.fault_server import Fault, FaultServer, Reply, Request
-from tests.test_v3 import META, TEMPLATES, accepted, people, refused, v3_data
+from tests.test_v3 import META, accepted, described_template, people, refused, v3_data
 from tests.test_webhooks import LiveReceiver
 
 # the webhook receiver's own server, filled by signed posts (a fixture of the receiver's tests)
@@ -64,10 +64,7 @@ class DeliveryApi:
 
     def __call__(self, request: Request) -> Reply | Fault:
         if request.method == "GET" and request.path.startswith("/v3/templates/"):
-            template = TEMPLATES.get(request.path.rsplit("/", 1)[1])
-            if template is None:
-                return refused(404, "RESOURCE_002", "no such template")
-            return Reply(200, {"success": True, "data": template, "error": None, "meta": META})
+            return described_template(request)
         if request.method == "POST" and request.path == "/v3/messages":
             key = request.idempotency_key or ""
             with self._lock:

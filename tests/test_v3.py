@@ -146,6 +146,14 @@ def refused(
     return Reply(status, {"success": False, "data": None, "error": error, "meta": META}, headers=headers)
 
 
+def described_template(request: Request) -> Reply:
+    """`GET /v3/templates/{id}` answered from TEMPLATES."""
+    template = TEMPLATES.get(request.path.rsplit("/", 1)[1])
+    if template is None:
+        return refused(404, "RESOURCE_002", "no such template")
+    return Reply(200, {"success": True, "data": template, "error": None, "meta": META})
+
+
 class ScriptedV3:
     """Answers `GET /v3/templates/{id}` from TEMPLATES and each `POST /v3/messages` with `send(request, attempt)`,
     attempt counting from 0 per Idempotency-Key; records the sends' keys and answers."""
@@ -158,10 +166,7 @@ class ScriptedV3:
 
     def __call__(self, request: Request) -> Reply | Fault:
         if request.method == "GET" and request.path.startswith("/v3/templates/"):
-            template = TEMPLATES.get(request.path.rsplit("/", 1)[1])
-            if template is None:
-                return refused(404, "RESOURCE_002", "no such template")
-            return Reply(200, {"success": True, "data": template, "error": None, "meta": META})
+            return described_template(request)
         if request.method != "POST" or request.path != "/v3/messages":
             return refused(404, "RESOURCE_001", f"no route for {request.method} {request.path}")
         key = request.idempotency_key or ""

@@ -22,9 +22,9 @@ def check_cap(spec: CampaignSpec, options: RunOptions, store: StateStore | None,
     if cap is None:
         return
     count = 0
+    resending = options.retry is not None and options.retry.delivery_failed
     for batch in prepared_batches(spec, options.shard, keys=store is not None, bodies=0, guards=guards):
         recorded = store.lookup(batch.payloads[payload.KEY].to_list()) if store is not None else empty_outcomes()
-        resending = options.retry is not None and options.retry.delivery_failed
         chosen, selected = select_rows(
             batch.payloads, recorded, options, delivery_of(store, recorded) if resending else None
         )
