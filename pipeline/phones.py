@@ -21,12 +21,16 @@ import functools
 import multiprocessing
 import os
 import re
+import threading
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import phonenumbers
 import polars as pl
 from phonenumbers import COUNTRY_CODE_TO_REGION_CODE, NumberParseException, PhoneMetadata, PhoneNumberFormat
+
+from pipeline import digit_automata
+from pipeline.digit_automata import UnsupportedPattern
 
 E164 = "e164"
 PHONE_ERROR = "phone_error"
@@ -73,14 +77,11 @@ _NNN = "_nnn"  # the national number before parse strips a national prefix
 _PARSING = "_parsing"  # key of the region whose national prefix parse strips
 _NSN = "_nsn"
 _MAIN = "_main"  # key of the calling code's main region
-_ZONE = "_zone"  # first digit of the calling code
-_KEYED = "_keyed"  # a region's key, ":" and a number: the text the keyed patterns match
 _MATCH = "_match"
 _CANDIDATE = "_candidate"  # the national number with its national prefix stripped, if parse allows it
-_OK = "_ok"
-_CLAIMED = "_claimed"
-_UNCLAIMED = "_unclaimed"
 _VALID = "_valid"
+_LEAD = "_lead"  # position among its code's regions of the first whose leading digits the number starts with
+_POSITION = "_position"
 
 
 @dataclass(frozen=True)
@@ -124,23 +125,26 @@ def add_phone_columns(
     return frame.with_columns(phones[E164].alias(e164), phones[PHONE_ERROR].alias(error))
 
 
-def normalise_phones_with_stats(
-    numbers: pl.Series, *, default_region: str | None, own_query_rows: int | None = None
-) -> tuple[pl.DataFrame, PhoneStats]:
-    """`normalise_phones`, and how much of it needed phonenumbers value by value. `own_query_rows` overrides how
-    many numbers of one calling code get a query of their own (a tuning knob; tests use it to take either path)."""
+def normalise_phones_with_stats(numbers: pl.Series, *, default_region: str | None) -> tuple[pl.DataFrame, PhoneStats]:
+    """`normalise_phones`, and how much of it needed phonenumbers value by value."""
     region = _checked_region(default_region)
     frame = pl.DataFrame({_TEXT: numbers.cast(pl.String)}).with_row_index(_I)
-    sorted_ = _Sorted()
-    simple = _sort_texts(frame, sorted_)
-    _sort_numbers(simple, region, sorted_)
-    _check_numbers(sorted_, _OWN_QUERY_ROWS if own_query_rows is None else own_query_rows)
+    sorted_ = _decide_in_bulk(frame, region)
     indices = pl.concat(sorted_.fallback) if sorted_.fallback else pl.Series(_I, [], dtype=pl.UInt32)
     fallback = pl.DataFrame({_I: indices, _TEXT: frame[_TEXT].gather(indices)})
     values = fallback[_TEXT].unique()
     sorted_.verdicts.append(fallback.join(_decide_each(values, region), on=_TEXT, how="left").drop(_TEXT))
     result = pl.concat(sorted_.verdicts).sort(_I).drop(_I)
     return result, PhoneStats(rows=frame.height, fallback_rows=fallback.height, fallback_values=values.len())
+
+
+def _decide_in_bulk(frame: pl.DataFrame, region: str | None) -> _Sorted:
+    """The verdicts of the expressions for `frame` (`_i`, `_text`), and the rows they leave to phonenumbers."""
+    sorted_ = _Sorted()
+    simple = _sort_texts(frame, sorted_)
+    _sort_numbers(simple, region, sorted_)
+    _check_numbers(sorted_)
+    return sorted_
 
 
 def _checked_region(default_region: str | None) -> str | None:
@@ -186,10 +190,6 @@ def _decide_all(texts: list[str | None], region: str | None) -> list[tuple[str |
 # --- libphonenumber's metadata, reduced to what parse and is_valid_number use ------------------------------------
 
 
-class UnsupportedPattern(Exception):
-    """A metadata pattern polars' regex engine does not take: the numbers it concerns go to the fallback."""
-
-
 @functools.cache
 def _compiles(pattern: str) -> bool:
     try:
@@ -207,10 +207,6 @@ def polars_regex(pattern: str) -> str:
         if _compiles(candidate):
             return candidate
     raise UnsupportedPattern(pattern)
-
-
-def _full(pattern: str) -> str:
-    return f"^(?:{pattern})$"
 
 
 def _prefix(pattern: str) -> str:
@@ -301,85 +297,90 @@ def _main_region(code: int) -> _Region | None:
 
 
 @dataclass(frozen=True)
-class _Patterns:
-    """The rules of one world zone's regions (calling codes that start with one digit) as a few regular
-    expressions over keyed texts ("44/GB:2079460958"): one pass of each over the zone's numbers, whatever their
-    countries. A query per country would cost more in polars' fixed cost per expression and query than in matching
-    whenever the countries are many and their numbers few; one expression for the whole world would match slowly,
-    its lazy DFA outgrowing its cache (measured: 2 us per number, against 0.3 us per zone)."""
-
-    national_prefix: str  # prefix match on "key:number", for regions without a transform rule
-    viable: str  # full match on "key:number"
-    general: str  # full match on "key:LL:number" (LL: the length in two digits)
-    typed: str  # full match on "key:LL:number"
-
-
-@dataclass(frozen=True)
 class _World:
-    """Every region's rules. The texts of the patterns stay the same from call to call, so polars (which keeps 32
-    compiled patterns per thread) compiles them once per thread."""
+    """Every region's rules. The national prefixes of each world zone's regions (calling codes that start with one
+    digit) are one regular expression over keyed texts ("44/GB:02079460958"), a pass of which finds them for the
+    zone's numbers whatever their countries; its text stays the same from call to call, so polars, which keeps a
+    few dozen compiled patterns per thread, seldom compiles it again. The number patterns are automata
+    (`digit_automata`): one for each region's general and typed patterns, and one for its leading digits."""
 
     main: dict[str, str]  # calling code -> its main region's key
     shared: frozenset[str]  # calling codes with more than one region
     rewriting: frozenset[str]  # region keys with a national prefix transform rule
-    unsupported: frozenset[str]  # region keys polars cannot check: their numbers go to the fallback
+    unsupported: frozenset[str]  # region keys the expressions cannot check: their numbers go to the fallback
     usable: dict[str, int]  # region key -> bit n set if `_test_number_length` lets parse strip to n digits
-    zones: dict[str, _Patterns]  # first digit of the calling code -> its regions' patterns
+    national_prefixes: str  # every region's national prefix (without a transform rule), keyed
+    automata: digit_automata.Automata
+    checks: dict[str, int]  # region key -> its automaton: bit 0 general pattern, bit n its n-th typed group
+    lengths: pl.Series  # per check automaton and length 0-18: the bits of its patterns that allow that length
+    claims: dict[str, int]  # calling code with several regions -> prefix automaton: bit n, its n-th region's
+    # leading digits (regions without leading digits have no bit)
 
 
 _USABLE_UP_TO = 20  # longer numbers are TOO_LONG for every region: usable
-_ZONES = "123456789"
 
 
-def _lengths(lengths: tuple[int, ...]) -> str:
-    return "|".join(f"{n:02d}" for n in lengths) if lengths else "[0-9]+"
+def _national_prefixes(regions: list[_Region], unsupported: set[str]) -> str:
+    """The zone's keyed national prefix pattern (prefix match on "key:number", for regions without a transform
+    rule); adds to `unsupported` the regions whose patterns polars does not take (none, in phonenumbers 9.0)."""
+
+    def keyed(chosen: list[_Region]) -> str:
+        branches = [
+            f"{r.key}:(?:{r.national_prefix})" for r in chosen if r.national_prefix is not None and r.transform is None
+        ]
+        return "(?-u)" + _prefix("|".join(branches) if branches else "-")  # "-" never matches: keys start with a digit
+
+    pattern = keyed(regions)
+    if not _compiles(pattern):
+        # find the regions at fault: a slow path, one compilation per region
+        unsupported.update(r.key for r in regions if not _compiles(keyed([r])))
+        pattern = keyed([r for r in regions if r.key not in unsupported])
+    return pattern
 
 
-def _branches(region: _Region) -> dict[str, list[str]]:
-    """The region's share of each keyed pattern."""
-    key = region.key
-    shares: dict[str, list[str]] = {name: [] for name in _FULL}
-    if region.national_prefix is not None and region.transform is None:
-        shares["national_prefix"].append(f"{key}:(?:{region.national_prefix})")
-    if region.general is not None:
-        shares["viable"].append(f"{key}:(?:{region.general})")
-        if region.typed:
-            shares["general"].append(f"{key}:(?:{_lengths(region.lengths)}):(?:{region.general})")
-    shares["typed"] += [f"{key}:(?:{_lengths(lengths)}):(?:{pattern})" for lengths, pattern in region.typed]
-    return shares
+def _allowed_lengths(region: _Region) -> list[int]:
+    """Per length 0-18, the bits of the region's check automaton whose pattern allows numbers of that length
+    (`_within`: no possible lengths on a type means those of the general description, checked by bit 0)."""
+    groups = [region.lengths, *(lengths for lengths, _ in region.typed)]
+    return [
+        sum(1 << bit for bit, lengths in enumerate(groups) if not lengths or length in lengths)
+        for length in range(digit_automata.DIGITS + 1)
+    ]
 
 
-def _keyed(branches: list[str], *, full: bool) -> str:
-    body = "|".join(branches) if branches else "-"  # never matches: keys start with a digit
-    return "(?-u)" + (_full(body) if full else _prefix(body))
+_WORLD_LOCK = threading.Lock()
 
 
-# each keyed pattern, and whether it must match the whole text
-_FULL = {"national_prefix": False, "viable": True, "general": True, "typed": True}
-
-
-def _zone_patterns(regions: list[_Region], unsupported: set[str]) -> _Patterns:
-    """Adds to `unsupported` the regions whose patterns polars does not take (none, in phonenumbers 9.0)."""
-    shares = {region.key: _branches(region) for region in regions}
-    patterns: dict[str, str] = {}
-    for name, full in _FULL.items():
-        pattern = _keyed([b for region in regions for b in shares[region.key][name]], full=full)
-        if not _compiles(pattern):
-            # find the regions at fault: a slow path, one compilation per region
-            unsupported.update(r.key for r in regions if not _compiles(_keyed(shares[r.key][name], full=full)))
-            pattern = _keyed([b for r in regions if r.key not in unsupported for b in shares[r.key][name]], full=full)
-        patterns[name] = pattern
-    return _Patterns(**patterns)
+def _world() -> _World:
+    with _WORLD_LOCK:  # built once, whichever thread asks first
+        return _built_world()
 
 
 @functools.cache
-def _world() -> _World:
-    """Built on first use, from all ~250 regions, once per process: about 0.2 s (measured, with loading the
-    metadata). Building it from only the countries in a batch would change the patterns, and so recompile them,
-    from batch to batch."""
+def _built_world() -> _World:
+    """Built on first use, from all ~250 regions, once per process: about 0.5 s (measured, with loading the
+    metadata). Building it from only the countries in a batch would change the keyed patterns, and so compile them
+    again, from batch to batch."""
     regions = [region for code in COUNTRY_CODE_TO_REGION_CODE for region in _regions(code)]
     unsupported: set[str] = set()
-    zones = {zone: _zone_patterns([r for r in regions if r.country_code[0] == zone], unsupported) for zone in _ZONES}
+    prefixes = _national_prefixes(regions, unsupported)
+    builder = digit_automata.Builder()
+    checks: dict[str, int] = {}
+    claims: dict[str, int] = {}
+    lengths: list[int] = []
+    for region in regions:  # the check automata first: their numbers index `lengths`
+        try:
+            checks[region.key] = builder.add([region.general, *(pattern for _, pattern in region.typed)])
+        except UnsupportedPattern:
+            unsupported.add(region.key)
+            continue
+        lengths += _allowed_lengths(region)
+    for code in COUNTRY_CODE_TO_REGION_CODE:
+        if len(_regions(code)) > 1:
+            try:
+                claims[str(code)] = builder.add([r.leading_digits for r in _regions(code)], prefix=True)
+            except UnsupportedPattern:
+                unsupported.update(r.key for r in _regions(code))
     mains = {str(code): main for code in COUNTRY_CODE_TO_REGION_CODE if (main := _main_region(code)) is not None}
     return _World(
         main={code: main.key for code, main in mains.items()},
@@ -387,7 +388,11 @@ def _world() -> _World:
         rewriting=frozenset(region.key for region in regions if region.transform is not None),
         unsupported=frozenset(unsupported),
         usable={region.key: sum(1 << n for n in range(_USABLE_UP_TO + 1) if _usable(n, region)) for region in regions},
-        zones=zones,
+        national_prefixes=prefixes,
+        automata=builder.freeze(),
+        checks=checks,
+        lengths=pl.Series(lengths, dtype=pl.UInt32),
+        claims=claims,
     )
 
 
@@ -398,124 +403,138 @@ def _usable(length: int, region: _Region) -> bool:
     return length in region.lengths or length > max(region.lengths, default=0)
 
 
-# --- the steps of phonenumbers.parse and is_valid_number, as expressions --------------------------------------
+# --- the steps of phonenumbers.parse and is_valid_number, on whole columns -------------------------------------
 
 
-def _matches(number: pl.Expr, pattern: str | None) -> pl.Expr:
-    return number.str.contains(polars_regex(_full(pattern))) if pattern is not None else pl.lit(False)
+def _checks(keys: pl.Series) -> pl.Series:
+    """The check automaton of each region key (null for none)."""
+    return keys.replace_strict(_world().checks, default=None, return_dtype=pl.UInt32)
 
 
-def _strip_national_prefix(number: pl.Expr, region: _Region) -> pl.Expr:
-    """`_maybe_strip_national_prefix_carrier_code` with one region's rules: the number without its national
+def _general(numbers: pl.Series, checks: pl.Series | int | None) -> pl.Series:
+    """Each whole number matches the general pattern of its region (given by its check automaton)."""
+    if checks is None:
+        return pl.repeat(False, numbers.len(), eager=True)
+    return _world().automata.run(numbers, checks) % 2 == 1
+
+
+def _valid(nsn: pl.Series, checks: pl.Series | int | None) -> pl.Series:
+    """`_number_type_helper` is not UNKNOWN with the patterns of each number's region (its check automaton): the
+    length is one of the general description's, the general pattern matches, and so does the pattern of a type
+    that allows the length."""
+    if checks is None:
+        return pl.repeat(False, nsn.len(), eager=True)
+    world = _world()
+    length = nsn.str.len_bytes().clip(upper_bound=digit_automata.DIGITS).cast(pl.UInt32)
+    rows = (checks if isinstance(checks, pl.Series) else pl.Series([checks], dtype=pl.UInt32)) * (
+        digit_automata.DIGITS + 1
+    )
+    bits = world.automata.run(nsn, checks) & world.lengths.gather(rows + length)
+    return ((bits % 2 == 1) & (bits >= 2)).fill_null(False)
+
+
+def _strip_national_prefix(numbers: pl.Series, region: _Region) -> pl.Series:
+    """`_maybe_strip_national_prefix_carrier_code` with one region's rules: each number without its national
     prefix (and carrier code), or rewritten by the transform rule, unless only the original was viable."""
     if region.national_prefix is None:
-        return number
+        return numbers
     pattern = polars_regex(_prefix(region.national_prefix))
+    number = pl.col(_NNN)
     match = number.str.extract(pattern, 0)
     stripped = number.str.slice(match.str.len_bytes())
     if region.transform is not None:
         transformed = number.str.replace(pattern, region.transform, n=1)
         rewrite = number.str.extract(pattern, region.transform_group).is_not_null()
         stripped = pl.when(rewrite).then(transformed).otherwise(stripped)
-    keep = match.is_null() | (number == "") | (_matches(number, region.general) & ~_matches(stripped, region.general))
-    return pl.when(keep).then(number).otherwise(stripped)
+    found = numbers.to_frame(_NNN).select(match.is_not_null().alias(_MATCH), stripped.alias(_CANDIDATE))
+    return _stripped_unless_viable(numbers, found[_MATCH], found[_CANDIDATE], _world().checks.get(region.key))
 
 
-# Steps are lists of columns added in turn: a column used twice is computed once.
-_Steps = list[list[pl.Expr]]
+def _stripped_unless_viable(
+    numbers: pl.Series, matched: pl.Series, stripped: pl.Series, checks: pl.Series | int | None
+) -> pl.Series:
+    """The numbers with a national prefix (`matched`) become `stripped`, unless only the original is viable."""
+    # only the numbers with a prefix are looked at again
+    chosen = matched.fill_null(False) & (numbers != "")
+    if isinstance(checks, pl.Series):
+        checks = checks.filter(chosen)
+    # the numbers with and without their prefixes, in one pass
+    before = numbers.filter(chosen)
+    both = _general(
+        pl.concat([before, stripped.filter(chosen)]),
+        pl.concat([checks, checks]) if isinstance(checks, pl.Series) else checks,
+    )
+    strip = (~both.head(before.len()) | both.tail(before.len())).fill_null(False)
+    # scatter the decisions back: the chosen rows, in order
+    decided = pl.repeat(False, numbers.len(), eager=True).scatter(chosen.arg_true(), strip)
+    return stripped.zip_with(decided, numbers)
 
 
-def _zone_steps(zone: str) -> _Steps:
-    """The end of `parse` and `is_valid_number` for numbers of the zone's calling codes that have one region and
-    no transform rule, all at once: `_parsing`, their region's key, selects the branch of each keyed pattern."""
-    patterns = _world().zones[zone]
-    nnn, region, keyed, match = pl.col(_NNN), pl.col(_PARSING), pl.col(_KEYED), pl.col(_MATCH)
-    # `_maybe_strip_national_prefix_carrier_code`
-    stripped = nnn.str.slice(match.str.len_bytes() - region.str.len_bytes() - 1)
-    still_viable = pl.concat_str(region, pl.lit(":"), stripped).str.contains(patterns.viable)
-    keep = match.is_null() | (nnn == "") | (keyed.str.contains(patterns.viable) & ~still_viable)
-    # `_test_number_length`, as a bit per length
-    candidate = pl.col(_CANDIDATE)
-    length = candidate.str.len_bytes()
-    mask = region.replace_strict(_world().usable, default=0, return_dtype=pl.Int64)
+def _strip_keyed(rows: pl.DataFrame) -> pl.Series:
+    """`_strip_national_prefix` for numbers of regions without a transform rule, whatever their regions: one
+    pass of the keyed national prefix pattern over "key:number"."""
+    world = _world()
+    nnn, parsing = pl.col(_NNN), pl.col(_PARSING)
+    match = pl.concat_str(parsing, pl.lit(":"), nnn).str.extract(world.national_prefixes, 0)
+    found = rows.select(
+        match.is_not_null().alias(_MATCH),
+        nnn.str.slice(match.str.len_bytes() - parsing.str.len_bytes() - 1).alias(_CANDIDATE),
+    )
+    return _stripped_unless_viable(rows[_NNN], found[_MATCH], found[_CANDIDATE], _checks(rows[_PARSING]))
+
+
+def _usable_lengths(rows: pl.DataFrame) -> pl.Series:
+    """`_test_number_length` with the `_parsing` region's lengths lets parse keep the stripped `_candidate`."""
+    length = pl.col(_CANDIDATE).str.len_bytes()
+    mask = pl.col(_PARSING).replace_strict(_world().usable, default=0, return_dtype=pl.Int64)
     bit = pl.lit(2, dtype=pl.Int64).pow(length.clip(upper_bound=_USABLE_UP_TO).cast(pl.Int64))
-    usable = (length > _USABLE_UP_TO) | ((mask // bit) % 2 == 1)
-    # `_number_type_helper`, for the only region
-    nsn, sized = pl.col(_NSN), pl.col(_KEYED)
-    size = nsn.str.len_bytes().cast(pl.String).str.zfill(2)
-    return [
-        [pl.concat_str(region, pl.lit(":"), nnn).alias(_KEYED)],
-        [keyed.str.extract(patterns.national_prefix, 0).alias(_MATCH)],
-        [pl.when(keep).then(nnn).otherwise(stripped).alias(_CANDIDATE)],
-        [pl.when(usable).then(candidate).otherwise(nnn).alias(_NSN)],
-        [pl.concat_str(region, pl.lit(":"), size, pl.lit(":"), nsn).alias(_KEYED), _ok()],
-        [(sized.str.contains(patterns.general) & sized.str.contains(patterns.typed)).alias(_VALID)],
-        [pl.lit(True).alias(_CLAIMED)],
-    ]
+    return rows.select((length > _USABLE_UP_TO) | ((mask // bit) % 2 == 1)).to_series()
 
 
-def _ok() -> pl.Expr:
-    """parse accepted the lengths: else TOO_SHORT_NSN or TOO_LONG."""
-    return ((pl.col(_NNN).str.len_bytes() >= _MIN_NSN) & (pl.col(_NSN).str.len_bytes() <= _MAX_NSN)).alias(_OK)
+def _claimants(rows: pl.DataFrame) -> pl.DataFrame:
+    """`region_code_for_number` for each number (`_nsn`) of a calling code with several regions: the first of the
+    code's regions whose leading digits it starts with or, for a region without leading digits, for which it is
+    valid. Returns `_i`, `_main` (the region's key, null if none claims it) and `_valid` (true if the region
+    claimed it by validity, null if that is still to be checked, false if no region claims it)."""
+    world = _world()
+    cc = pl.col(_CC)
+    claims = rows[_CC].replace_strict(world.claims, default=None, return_dtype=pl.UInt32)
+    # the position of the first region whose leading digits the number starts with (32: none does)
+    lead = world.automata.run(rows[_NSN], claims).bitwise_trailing_zeros()
+    pending = rows.select(_I, _CC, _NSN).with_columns(lead.alias(_LEAD))
+    found: list[pl.DataFrame] = []
+    for rank in range(max(len(_validity_claimants(int(code))) for code in world.shared)):
+        # each code's `rank`-th region without leading digits: the number is valid there, or was claimed before
+        ranked = {
+            code: _validity_claimants(int(code))[rank]
+            for code in world.shared
+            if len(_validity_claimants(int(code))) > rank
+        }
+        position = cc.replace_strict({code: p for code, (p, _) in ranked.items()}, default=None, return_dtype=pl.UInt32)
+        key = cc.replace_strict({code: k for code, (_, k) in ranked.items()}, default=None, return_dtype=pl.String)
+        pending = pending.with_columns(position.alias(_POSITION), key.alias(_MAIN))
+        earlier, pending = _split(pending, pl.col(_POSITION).is_null() | (pl.col(_LEAD) < pl.col(_POSITION)))
+        found.append(_claimed_by_leading_digits(earlier))
+        valid = _valid(pending[_NSN], _checks(pending[_MAIN]))
+        found.append(pending.filter(valid).select(_I, _MAIN, pl.lit(True).alias(_VALID)))
+        pending = pending.filter(~valid)
+    found.append(_claimed_by_leading_digits(pending))
+    return pl.concat(found)
 
 
 @functools.cache
-def _country_steps(code: int, parsing: str) -> _Steps:
-    """The end of `parse` and `is_valid_number` for numbers of one calling code whose national prefix is that of
-    region `parsing`, with that region's and the code's main region's own patterns. Cheaper per number than the
-    keyed patterns, but a query costs a few milliseconds whatever its size (measured): for codes with many numbers,
-    more than one region or a transform rule. `_claimed`: `region_code_for_number` picks the main region."""
-    region, main = _region(code, parsing.split("/")[1]), _main_region(code)
-    if region is None or main is None:
-        raise UnsupportedPattern(parsing)
-    nnn, candidate, nsn, valid = pl.col(_NNN), pl.col(_CANDIDATE), pl.col(_NSN), pl.col(_VALID)
-    length = candidate.str.len_bytes()
-    usable = (length.is_in(list(region.lengths)) | (length > max(region.lengths, default=0))) & ~length.is_in(
-        list(region.local_lengths)
+def _validity_claimants(code: int) -> list[tuple[int, str]]:
+    """The position and key of each of the code's regions without leading digits, in order."""
+    return [(n, r.key) for n, r in enumerate(_regions(code)) if r.leading_digits is None]
+
+
+def _claimed_by_leading_digits(rows: pl.DataFrame) -> pl.DataFrame:
+    """`_i`, `_main` and `_valid` for numbers no region without leading digits claimed before `_lead`."""
+    keys = {f"{code}#{n}": r.key for code in _world().shared for n, r in enumerate(_regions(int(code)))}
+    key = pl.concat_str(pl.col(_CC), pl.lit("#"), pl.col(_LEAD).cast(pl.String)).replace_strict(
+        keys, default=None, return_dtype=pl.String
     )
-    if len(_regions(code)) == 1:
-        claimed = pl.lit(True)
-    elif main.leading_digits is None:
-        claimed = valid
-    else:
-        claimed = nsn.str.contains(polars_regex(_prefix(main.leading_digits)))
-    return [
-        [_strip_national_prefix(nnn, region).alias(_CANDIDATE)],
-        [pl.when(usable).then(candidate).otherwise(nnn).alias(_NSN)],
-        [_valid_in(main, nsn).alias(_VALID), _ok()],
-        [claimed.alias(_CLAIMED)],
-    ]
-
-
-def _run(rows: pl.DataFrame, steps: _Steps) -> pl.LazyFrame:
-    """The verdicts (`_i`, `e164`, `phone_error`) of the numbers the main region claims, and for the others,
-    whose `phone_error` is null, what `_check_other_regions` needs (`_cc`, `_nsn`)."""
-    query = rows.lazy()
-    for step in steps:
-        query = query.with_columns(step)
-    ok, claimed, valid = pl.col(_OK), pl.col(_CLAIMED), pl.col(_VALID)
-    return query.select(
-        _I,
-        _CC,
-        _NSN,
-        pl.when(ok & claimed & valid).then(_e164()).alias(E164),
-        pl.when(~ok | (claimed & ~valid)).then(pl.lit(INVALID)).alias(PHONE_ERROR),
-        (ok & ~claimed).alias(_UNCLAIMED),
-    )
-
-
-def _valid_in(region: _Region, nsn: pl.Expr) -> pl.Expr:
-    """`_number_type_helper` is not UNKNOWN, with one region's patterns."""
-    if region.general is None or not region.typed:
-        return pl.lit(False)
-    length = nsn.str.len_bytes()
-    typed = [_within(length, lengths) & _matches(nsn, pattern) for lengths, pattern in region.typed]
-    return _within(length, region.lengths) & _matches(nsn, region.general) & pl.any_horizontal(typed)
-
-
-def _within(length: pl.Expr, lengths: tuple[int, ...]) -> pl.Expr:
-    # no possible lengths on a description means "those of the general description", checked before
-    return length.is_in(list(lengths)) if lengths else pl.lit(True)
+    return rows.select(_I, key.alias(_MAIN), pl.when(key.is_null()).then(False).alias(_VALID))
 
 
 def _e164() -> pl.Expr:
@@ -674,92 +693,61 @@ def _sort_national(national: pl.DataFrame, region: str, sorted_: _Sorted) -> Non
     """The rest of `_maybe_extract_country_code`: a national number that starts with the default region's own
     calling code loses it if only then is it viable, or if it was too long with it."""
     rules = _region(phonenumbers.country_code_for_region(region), region)
-    if rules is None:
+    if rules is None or rules.key in _world().unsupported:
         raise UnsupportedPattern(region)
-    digits = pl.col(_DIGITS)
     code = rules.country_code
+    own, main = pl.lit(rules.key), pl.lit(_world().main.get(code), dtype=pl.String)
+    starting, others = _split(national, pl.col(_DIGITS).str.starts_with(code))
+    sorted_.parse(others, cc=pl.lit(code), nnn=pl.col(_DIGITS), parsing=own, main=main)
+    digits = starting[_DIGITS]
     without_code = _strip_national_prefix(digits.str.slice(len(code)), rules)
     length = digits.str.len_bytes()
     too_long = (length > max(rules.lengths, default=0)) & ~length.is_in(list(rules.local_lengths))
-    had_code = (~_matches(digits, rules.general) & _matches(without_code, rules.general)) | too_long
-    own, main = pl.lit(rules.key), pl.lit(_world().main.get(code), dtype=pl.String)
-    starting, others = _split(national, digits.str.starts_with(code))
-    sorted_.parse(others, cc=pl.lit(code), nnn=digits, parsing=own, main=main)
-    lost, kept = _split(starting.with_columns(without_code.alias(_NNN)), had_code)
+    check = _world().checks[rules.key]
+    had_code = (~_general(digits, check) & _general(without_code, check)) | too_long
+    lost, kept = starting.with_columns(without_code.alias(_NNN)).filter(had_code), starting.filter(~had_code)
     sorted_.parse(lost, cc=pl.lit(code), nnn=pl.col(_NNN), parsing=main, main=main)
-    sorted_.parse(kept, cc=pl.lit(code), nnn=digits, parsing=own, main=main)
+    sorted_.parse(kept, cc=pl.lit(code), nnn=pl.col(_DIGITS), parsing=own, main=main)
 
 
-# collect_all runs queries side by side: a big code's numbers are checked in pieces this big, not in one long query
-_CHUNK_ROWS = 250_000
-# A calling code with this many numbers to check gets its own query; the others share one per zone.
-_OWN_QUERY_ROWS = 5_000
-
-
-def _check_numbers(sorted_: _Sorted, own_query_rows: int) -> None:
+def _check_numbers(sorted_: _Sorted) -> None:
     """The end of `parse` (national prefix, lengths) and `is_valid_number`, for the numbers `_sort_numbers`
-    parsed."""
+    parsed: a few passes over all of them, whatever their countries."""
     if not sorted_.to_parse:
         return
     world = _world()
-    rows = pl.concat(sorted_.to_parse).with_columns(pl.col(_CC).str.slice(0, 1).alias(_ZONE))
-    if world.unsupported or rows[_MAIN].null_count():
-        unsupported = list(world.unsupported)
-        supported = ~pl.col(_PARSING).is_in(unsupported) & ~pl.col(_MAIN).is_in(unsupported)
-        rows, unsupported_rows = _split(rows, supported & pl.col(_MAIN).is_not_null())
-        sorted_.give_up(unsupported_rows)
-    # some calling codes get queries of their own (see `_country_steps`); the others share one per zone
-    counts = rows[_CC].value_counts()
-    big = counts.filter(pl.col("count") >= own_query_rows)[_CC].to_list()
-    alone = pl.col(_CC).is_in(big + list(world.shared)) | pl.col(_PARSING).is_in(list(world.rewriting))
-    apart, together = _split(rows, alone)
-    shared: list[pl.LazyFrame] = []  # numbers their code's main region may not claim
-    single: list[pl.LazyFrame] = []
-    for (code, parsing), part in apart.partition_by(_CC, _PARSING, as_dict=True).items():
-        try:
-            steps = _country_steps(int(str(code)), str(parsing))
-        except UnsupportedPattern:
+    rows = pl.concat(sorted_.to_parse)
+    # a calling code with a region the automata cannot check (none, in phonenumbers 9.0) is phonenumbers' to decide
+    unchecked = [code for code in world.main if any(r.key in world.unsupported for r in _regions(int(code)))]
+    rows, unsupported = _split(rows, pl.col(_MAIN).is_not_null() & ~pl.col(_CC).is_in(unchecked))
+    sorted_.give_up(unsupported)
+    # `_maybe_strip_national_prefix_carrier_code`: transform rules region by region, the other regions at once
+    rewriting, plain = _split(rows, pl.col(_PARSING).is_in(list(world.rewriting)))
+    parts = [plain.with_columns(_strip_keyed(plain).alias(_CANDIDATE))]
+    for (key,), part in rewriting.partition_by(_PARSING, as_dict=True).items():
+        code, name = str(key).split("/")
+        region = _region(int(code), name)
+        if region is None:
             sorted_.give_up(part)
             continue
-        queries = shared if str(code) in world.shared else single
-        queries += [_run(part.slice(start, _CHUNK_ROWS), steps) for start in range(0, part.height, _CHUNK_ROWS)]
-    for (zone,), part in together.partition_by(_ZONE, as_dict=True).items():
-        steps = _zone_steps(str(zone))
-        single += [_run(part.slice(start, _CHUNK_ROWS), steps) for start in range(0, part.height, _CHUNK_ROWS)]
-    checked = pl.collect_all(shared + single)
-    sorted_.verdicts += [part.select(_I, E164, PHONE_ERROR) for part in checked[len(shared) :]]
-    if not shared:
-        return
-    unclaimed, decided = _split(pl.concat(checked[: len(shared)]), pl.col(_UNCLAIMED))
-    sorted_.verdicts.append(decided.select(_I, E164, PHONE_ERROR))
-    for (code,), part in unclaimed.partition_by(_CC, as_dict=True).items():
-        try:
-            _check_other_regions(part, int(str(code)), sorted_)
-        except UnsupportedPattern:
-            sorted_.give_up(part)
-
-
-def _check_other_regions(pending: pl.DataFrame, code: int, sorted_: _Sorted) -> None:
-    """The rest of `is_valid_number` for numbers their code's main region did not claim: valid for the first
-    other region whose leading digits match (or, if it has none, for which it is valid); invalid if none claims
-    it."""
-    world = _world()
-    nsn = pl.col(_NSN)
-    regions = _regions(code)[1:]
-    claims = [
-        nsn.str.contains(polars_regex(_prefix(r.leading_digits))) if r.leading_digits is not None else _valid_in(r, nsn)
-        for r in regions
-    ]
-    first = pl.coalesce([pl.when(claim).then(pl.lit(n, dtype=pl.UInt8)) for n, claim in enumerate(claims)])
-    keys = {n: region.key for n, region in enumerate(regions)}
-    claimant = first.replace_strict(keys, default=None, return_dtype=pl.String)
-    rows = pending.select(_I, _CC, _NSN, claimant.alias(_MAIN))
-    claimed, unclaimed = _split(rows, pl.col(_MAIN).is_not_null() & ~pl.col(_MAIN).is_in(list(world.unsupported)))
-    unsupported, unclaimed = _split(unclaimed, pl.col(_MAIN).is_not_null())
-    sized = pl.concat_str(
-        pl.col(_MAIN), pl.lit(":"), nsn.str.len_bytes().cast(pl.String).str.zfill(2), pl.lit(":"), nsn
+        parts.append(part.with_columns(_strip_national_prefix(part[_NNN], region).alias(_CANDIDATE)))
+    rows = pl.concat(parts)
+    nnn, nsn = pl.col(_NNN), pl.col(_NSN)
+    rows = rows.with_columns(pl.when(_usable_lengths(rows)).then(pl.col(_CANDIDATE)).otherwise(nnn).alias(_NSN))
+    # parse accepted the lengths (else TOO_SHORT_NSN or TOO_LONG)
+    ok = (nnn.str.len_bytes() >= _MIN_NSN) & (nsn.str.len_bytes() <= _MAX_NSN)
+    rejected, rows = _split(rows, ~ok)
+    sorted_.decide(rejected, error=INVALID)
+    # `region_code_for_number`: a calling code's only region, or the first of its regions to claim the number
+    shared, single = _split(rows, pl.col(_CC).is_in(list(world.shared)))
+    claimed = _claimants(shared)
+    rows = pl.concat(
+        [
+            single.select(_I, _CC, _NSN, _MAIN, pl.lit(None, dtype=pl.Boolean).alias(_VALID)),
+            shared.select(_I, _CC, _NSN).join(claimed, on=_I, how="left"),
+        ]
     )
-    zone = world.zones[str(code)[0]]
-    sorted_.decide_validity(claimed, sized.str.contains(zone.general) & sized.str.contains(zone.typed))
-    sorted_.decide(unclaimed, error=INVALID)
-    sorted_.give_up(unsupported)
+    # `is_valid_number_for_region` (unless the region claimed the number by its validity)
+    to_check, known = _split(rows, pl.col(_VALID).is_null())
+    sorted_.decide_validity(known, pl.col(_VALID))
+    sorted_.decide_validity(to_check, pl.lit(_valid(to_check[_NSN], _checks(to_check[_MAIN]))))

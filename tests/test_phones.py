@@ -131,18 +131,16 @@ def expected(region: str | None) -> list[tuple[str | None, str | None]]:
     return [reference(text, region) for text in generated_inputs()]
 
 
-def decided(texts: tuple[str | None, ...], region: str | None, own_query_rows: int | None) -> list[tuple[object, ...]]:
-    series = pl.Series(texts, dtype=pl.String)
-    return normalise_phones_with_stats(series, default_region=region, own_query_rows=own_query_rows)[0].rows()
+def decided(texts: tuple[str | None, ...], region: str | None) -> list[tuple[object, ...]]:
+    return normalise_phones(pl.Series(texts, dtype=pl.String), default_region=region).rows()
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("region", REGIONS + UNUSUAL_REGIONS)
-@pytest.mark.parametrize(("own_query_rows"), [None, 1], ids=["zones", "each-code-alone"])
 def test_every_generated_input_is_decided_as_phonenumbers_decides_it(
-    region: str | None, own_query_rows: int | None
+    region: str | None,
 ) -> None:
-    got = decided(generated_inputs(), region, own_query_rows)
+    got = decided(generated_inputs(), region)
     mismatches = [
         (text, want, have)
         for text, want, have in zip(generated_inputs(), expected(region), got, strict=True)
