@@ -298,20 +298,24 @@ def _main_region(code: int) -> _Region | None:
 
 @dataclass(frozen=True)
 class _World:
-    """Every region's rules. The national prefixes of each world zone's regions (calling codes that start with one
-    digit) are one regular expression over keyed texts ("44/GB:02079460958"), a pass of which finds them for the
-    zone's numbers whatever their countries; its text stays the same from call to call, so polars, which keeps a
-    few dozen compiled patterns per thread, seldom compiles it again. The number patterns are automata
-    (`digit_automata`): one for each region's general and typed patterns, and one for its leading digits."""
+    """Every region's rules, regions numbered (`index`) so that a row carries a small integer and its rules are
+    looked up by gathers. National prefixes that are plain digits are compared per row; the few that are patterns
+    make one regular expression over keyed texts ("44/GB:02079460958"), whose text stays the same from call to
+    call, so polars (which keeps a few dozen compiled patterns per thread) seldom compiles it again. The number
+    patterns are automata (`digit_automata`)."""
 
-    main: dict[str, str]  # calling code -> its main region's key
+    keys: list[str]  # region number -> its key, e.g. "44/GB" ("calling code/region")
+    index: dict[str, int]  # region key -> its number
+    main: dict[str, int]  # calling code -> its main region's number
     shared: frozenset[str]  # calling codes with more than one region
-    rewriting: frozenset[str]  # region keys with a national prefix transform rule
+    rewriting: frozenset[int]  # regions with a national prefix transform rule
     unsupported: frozenset[str]  # region keys the expressions cannot check: their numbers go to the fallback
-    usable: dict[str, int]  # region key -> bit n set if `_test_number_length` lets parse strip to n digits
-    national_prefixes: str  # every region's national prefix (without a transform rule), keyed
+    usable: pl.Series  # per region, bit n set if `_test_number_length` lets parse strip to n digits
+    literal_prefix: pl.Series  # per region, its national prefix if that is plain digits (and not rewritten)
+    patterned: frozenset[int]  # regions whose national prefix is a pattern (and not rewritten)
+    national_prefixes: str  # the patterned national prefixes, keyed
     automata: digit_automata.Automata
-    checks: dict[str, int]  # region key -> its automaton: bit 0 general pattern, bit n its n-th typed group
+    checks: pl.Series  # per region, its automaton (null: none): bit 0 general pattern, bit n its n-th typed group
     lengths: pl.Series  # per check automaton and length 0-18: the bits of its patterns that allow that length
     claims: dict[str, int]  # calling code with several regions -> prefix automaton: bit n, its n-th region's
     # leading digits (regions without leading digits have no bit)
@@ -321,13 +325,11 @@ _USABLE_UP_TO = 20  # longer numbers are TOO_LONG for every region: usable
 
 
 def _national_prefixes(regions: list[_Region], unsupported: set[str]) -> str:
-    """The zone's keyed national prefix pattern (prefix match on "key:number", for regions without a transform
-    rule); adds to `unsupported` the regions whose patterns polars does not take (none, in phonenumbers 9.0)."""
+    """The keyed pattern of the regions' national prefixes (prefix match on "key:number"); adds to `unsupported`
+    the regions whose patterns polars does not take (none, in phonenumbers 9.0)."""
 
     def keyed(chosen: list[_Region]) -> str:
-        branches = [
-            f"{r.key}:(?:{r.national_prefix})" for r in chosen if r.national_prefix is not None and r.transform is None
-        ]
+        branches = [f"{r.key}:(?:{r.national_prefix})" for r in chosen]
         return "(?-u)" + _prefix("|".join(branches) if branches else "-")  # "-" never matches: keys start with a digit
 
     pattern = keyed(regions)
@@ -336,6 +338,10 @@ def _national_prefixes(regions: list[_Region], unsupported: set[str]) -> str:
         unsupported.update(r.key for r in regions if not _compiles(keyed([r])))
         pattern = keyed([r for r in regions if r.key not in unsupported])
     return pattern
+
+
+def _is_literal(prefix: str | None) -> bool:
+    return prefix is not None and prefix.isascii() and prefix.isdigit()
 
 
 def _allowed_lengths(region: _Region) -> list[int]:
@@ -363,16 +369,19 @@ def _built_world() -> _World:
     again, from batch to batch."""
     regions = [region for code in COUNTRY_CODE_TO_REGION_CODE for region in _regions(code)]
     unsupported: set[str] = set()
-    prefixes = _national_prefixes(regions, unsupported)
+    plain = [r for r in regions if r.transform is None]
+    patterned = [r for r in plain if r.national_prefix is not None and not _is_literal(r.national_prefix)]
+    prefixes = _national_prefixes(patterned, unsupported)
     builder = digit_automata.Builder()
-    checks: dict[str, int] = {}
+    checks: list[int | None] = []
     claims: dict[str, int] = {}
     lengths: list[int] = []
     for region in regions:  # the check automata first: their numbers index `lengths`
         try:
-            checks[region.key] = builder.add([region.general, *(pattern for _, pattern in region.typed)])
+            checks.append(builder.add([region.general, *(pattern for _, pattern in region.typed)]))
         except UnsupportedPattern:
             unsupported.add(region.key)
+            checks.append(None)
             continue
         lengths += _allowed_lengths(region)
     for code in COUNTRY_CODE_TO_REGION_CODE:
@@ -381,16 +390,26 @@ def _built_world() -> _World:
                 claims[str(code)] = builder.add([r.leading_digits for r in _regions(code)], prefix=True)
             except UnsupportedPattern:
                 unsupported.update(r.key for r in _regions(code))
+    index = {region.key: n for n, region in enumerate(regions)}
     mains = {str(code): main for code in COUNTRY_CODE_TO_REGION_CODE if (main := _main_region(code)) is not None}
     return _World(
-        main={code: main.key for code, main in mains.items()},
+        keys=[region.key for region in regions],
+        index=index,
+        main={code: index[main.key] for code, main in mains.items()},
         shared=frozenset(str(code) for code in COUNTRY_CODE_TO_REGION_CODE if len(_regions(code)) > 1),
-        rewriting=frozenset(region.key for region in regions if region.transform is not None),
+        rewriting=frozenset(index[region.key] for region in regions if region.transform is not None),
         unsupported=frozenset(unsupported),
-        usable={region.key: sum(1 << n for n in range(_USABLE_UP_TO + 1) if _usable(n, region)) for region in regions},
+        usable=pl.Series(
+            [sum(1 << n for n in range(_USABLE_UP_TO + 1) if _usable(n, region)) for region in regions], dtype=pl.Int64
+        ),
+        literal_prefix=pl.Series(
+            [r.national_prefix if r.transform is None and _is_literal(r.national_prefix) else None for r in regions],
+            dtype=pl.String,
+        ),
+        patterned=frozenset(index[region.key] for region in patterned),
         national_prefixes=prefixes,
         automata=builder.freeze(),
-        checks=checks,
+        checks=pl.Series(checks, dtype=pl.UInt32),
         lengths=pl.Series(lengths, dtype=pl.UInt32),
         claims=claims,
     )
@@ -406,9 +425,9 @@ def _usable(length: int, region: _Region) -> bool:
 # --- the steps of phonenumbers.parse and is_valid_number, on whole columns -------------------------------------
 
 
-def _checks(keys: pl.Series) -> pl.Series:
-    """The check automaton of each region key (null for none)."""
-    return keys.replace_strict(_world().checks, default=None, return_dtype=pl.UInt32)
+def _checks(regions: pl.Series) -> pl.Series:
+    """The check automaton of each region (by number; null for none)."""
+    return _world().checks.gather(regions)
 
 
 def _general(numbers: pl.Series, checks: pl.Series | int | None) -> pl.Series:
@@ -447,7 +466,8 @@ def _strip_national_prefix(numbers: pl.Series, region: _Region) -> pl.Series:
         rewrite = number.str.extract(pattern, region.transform_group).is_not_null()
         stripped = pl.when(rewrite).then(transformed).otherwise(stripped)
     found = numbers.to_frame(_NNN).select(match.is_not_null().alias(_MATCH), stripped.alias(_CANDIDATE))
-    return _stripped_unless_viable(numbers, found[_MATCH], found[_CANDIDATE], _world().checks.get(region.key))
+    world = _world()
+    return _stripped_unless_viable(numbers, found[_MATCH], found[_CANDIDATE], world.checks[world.index[region.key]])
 
 
 def _stripped_unless_viable(
@@ -470,23 +490,32 @@ def _stripped_unless_viable(
     return stripped.zip_with(decided, numbers)
 
 
-def _strip_keyed(rows: pl.DataFrame) -> pl.Series:
-    """`_strip_national_prefix` for numbers of regions without a transform rule, whatever their regions: one
-    pass of the keyed national prefix pattern over "key:number"."""
+def _strip_literal(rows: pl.DataFrame) -> pl.Series:
+    """`_strip_national_prefix` for numbers of regions whose national prefix is plain digits, or who have none,
+    whatever their regions: one comparison per row."""
     world = _world()
-    nnn, parsing = pl.col(_NNN), pl.col(_PARSING)
-    match = pl.concat_str(parsing, pl.lit(":"), nnn).str.extract(world.national_prefixes, 0)
-    found = rows.select(
-        match.is_not_null().alias(_MATCH),
-        nnn.str.slice(match.str.len_bytes() - parsing.str.len_bytes() - 1).alias(_CANDIDATE),
-    )
+    nnn = pl.col(_NNN)
+    literal = pl.lit(world.literal_prefix).gather(pl.col(_PARSING))
+    length = pl.when(nnn.str.starts_with(literal)).then(literal.str.len_bytes())
+    found = rows.select(length.is_not_null().alias(_MATCH), nnn.str.slice(length.fill_null(0)).alias(_CANDIDATE))
+    return _stripped_unless_viable(rows[_NNN], found[_MATCH], found[_CANDIDATE], _checks(rows[_PARSING]))
+
+
+def _strip_patterned(rows: pl.DataFrame) -> pl.Series:
+    """`_strip_national_prefix` for numbers of regions whose national prefix is a pattern (and not rewritten),
+    whatever their regions: one pass of the keyed pattern."""
+    world = _world()
+    key = pl.lit(pl.Series(world.keys, dtype=pl.String)).gather(pl.col(_PARSING))
+    length = pl.concat_str(key, pl.lit(":"), pl.col(_NNN)).str.extract(world.national_prefixes, 0).str.len_bytes()
+    stripped = pl.col(_NNN).str.slice(length - key.str.len_bytes() - 1)
+    found = rows.select(length.is_not_null().alias(_MATCH), stripped.alias(_CANDIDATE))
     return _stripped_unless_viable(rows[_NNN], found[_MATCH], found[_CANDIDATE], _checks(rows[_PARSING]))
 
 
 def _usable_lengths(rows: pl.DataFrame) -> pl.Series:
     """`_test_number_length` with the `_parsing` region's lengths lets parse keep the stripped `_candidate`."""
     length = pl.col(_CANDIDATE).str.len_bytes()
-    mask = pl.col(_PARSING).replace_strict(_world().usable, default=0, return_dtype=pl.Int64)
+    mask = pl.lit(_world().usable).gather(pl.col(_PARSING))
     bit = pl.lit(2, dtype=pl.Int64).pow(length.clip(upper_bound=_USABLE_UP_TO).cast(pl.Int64))
     return rows.select((length > _USABLE_UP_TO) | ((mask // bit) % 2 == 1)).to_series()
 
@@ -494,47 +523,63 @@ def _usable_lengths(rows: pl.DataFrame) -> pl.Series:
 def _claimants(rows: pl.DataFrame) -> pl.DataFrame:
     """`region_code_for_number` for each number (`_nsn`) of a calling code with several regions: the first of the
     code's regions whose leading digits it starts with or, for a region without leading digits, for which it is
-    valid. Returns `_i`, `_main` (the region's key, null if none claims it) and `_valid` (true if the region
-    claimed it by validity, null if that is still to be checked, false if no region claims it)."""
+    valid. Returns `_i`, `_cc`, `_nsn`, `_main` (the region's number, null if none claims it) and `_valid` (true
+    if the region claimed it by validity, null if that is still to be checked, false if no region claims it)."""
     world = _world()
     cc = pl.col(_CC)
-    claims = rows[_CC].replace_strict(world.claims, default=None, return_dtype=pl.UInt32)
-    # the position of the first region whose leading digits the number starts with (32: none does)
-    lead = world.automata.run(rows[_NSN], claims).bitwise_trailing_zeros()
-    pending = rows.select(_I, _CC, _NSN).with_columns(lead.alias(_LEAD))
     found: list[pl.DataFrame] = []
-    for rank in range(max(len(_validity_claimants(int(code))) for code in world.shared)):
+    pending = rows.select(_I, _CC, _NSN)
+    # Where a code's first region has no leading digits (+1's US, +44's GB...), most numbers are valid there:
+    # only the others need the leading digits of the rest.
+    first_valid = [
+        code
+        for code in world.shared
+        if _validity_claimants(int(code))[:1] and _validity_claimants(int(code))[0][0] == 0
+    ]
+    first, pending = _split(pending, cc.is_in(first_valid))
+    first = first.with_columns(cc.replace_strict(world.main, default=None, return_dtype=pl.UInt32).alias(_MAIN))
+    valid = _valid(first[_NSN], _checks(first[_MAIN]))
+    found.append(first.filter(valid).with_columns(pl.lit(True).alias(_VALID)))
+    pending = pl.concat([pending, first.filter(~valid).drop(_MAIN)])
+    claims = pending[_CC].replace_strict(world.claims, default=None, return_dtype=pl.UInt32)
+    # the position of the first region whose leading digits the number starts with (32: none does)
+    lead = world.automata.run(pending[_NSN], claims).bitwise_trailing_zeros()
+    pending = pending.with_columns(lead.alias(_LEAD))
+    ranks = max(len(_validity_claimants(int(code))) for code in world.shared)
+    for rank in range(ranks):
         # each code's `rank`-th region without leading digits: the number is valid there, or was claimed before
-        ranked = {
-            code: _validity_claimants(int(code))[rank]
-            for code in world.shared
-            if len(_validity_claimants(int(code))) > rank
-        }
+        ranked = {code: c[rank] for code in world.shared if len(c := _validity_claimants(int(code))) > rank}
         position = cc.replace_strict({code: p for code, (p, _) in ranked.items()}, default=None, return_dtype=pl.UInt32)
-        key = cc.replace_strict({code: k for code, (_, k) in ranked.items()}, default=None, return_dtype=pl.String)
-        pending = pending.with_columns(position.alias(_POSITION), key.alias(_MAIN))
+        region = cc.replace_strict({code: n for code, (_, n) in ranked.items()}, default=None, return_dtype=pl.UInt32)
+        pending = pending.with_columns(position.alias(_POSITION), region.alias(_MAIN))
+        # a region at position 0 was asked above
+        done = (pl.col(_POSITION) == 0) & cc.is_in(first_valid)
         earlier, pending = _split(pending, pl.col(_POSITION).is_null() | (pl.col(_LEAD) < pl.col(_POSITION)))
         found.append(_claimed_by_leading_digits(earlier))
-        valid = _valid(pending[_NSN], _checks(pending[_MAIN]))
-        found.append(pending.filter(valid).select(_I, _MAIN, pl.lit(True).alias(_VALID)))
-        pending = pending.filter(~valid)
+        asked, pending = _split(pending, ~done)
+        valid = _valid(asked[_NSN], _checks(asked[_MAIN]))
+        found.append(asked.filter(valid).select(_I, _CC, _NSN, _MAIN, pl.lit(True).alias(_VALID)))
+        pending = pl.concat([pending, asked.filter(~valid)])
     found.append(_claimed_by_leading_digits(pending))
-    return pl.concat(found)
+    return pl.concat([part.select(_I, _CC, _NSN, _MAIN, _VALID) for part in found])
 
 
 @functools.cache
-def _validity_claimants(code: int) -> list[tuple[int, str]]:
-    """The position and key of each of the code's regions without leading digits, in order."""
-    return [(n, r.key) for n, r in enumerate(_regions(code)) if r.leading_digits is None]
+def _validity_claimants(code: int) -> list[tuple[int, int]]:
+    """The position among the code's regions and the number of each of its regions without leading digits."""
+    index = _world().index
+    return [(n, index[r.key]) for n, r in enumerate(_regions(code)) if r.leading_digits is None]
 
 
 def _claimed_by_leading_digits(rows: pl.DataFrame) -> pl.DataFrame:
-    """`_i`, `_main` and `_valid` for numbers no region without leading digits claimed before `_lead`."""
-    keys = {f"{code}#{n}": r.key for code in _world().shared for n, r in enumerate(_regions(int(code)))}
-    key = pl.concat_str(pl.col(_CC), pl.lit("#"), pl.col(_LEAD).cast(pl.String)).replace_strict(
-        keys, default=None, return_dtype=pl.String
+    """`_i`, `_cc`, `_nsn`, `_main` and `_valid` for numbers no region without leading digits claimed before their
+    `_lead`."""
+    world = _world()
+    regions = {f"{code}#{n}": world.index[r.key] for code in world.shared for n, r in enumerate(_regions(int(code)))}
+    region = pl.concat_str(pl.col(_CC), pl.lit("#"), pl.col(_LEAD).cast(pl.String)).replace_strict(
+        regions, default=None, return_dtype=pl.UInt32
     )
-    return rows.select(_I, key.alias(_MAIN), pl.when(key.is_null()).then(False).alias(_VALID))
+    return rows.select(_I, _CC, _NSN, region.alias(_MAIN), pl.when(region.is_null()).then(False).alias(_VALID))
 
 
 def _e164() -> pl.Expr:
@@ -576,6 +621,12 @@ class _Sorted:
 def _split(rows: pl.DataFrame, condition: pl.Expr) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The rows where `condition` holds, and the others."""
     mask = rows.select(condition.fill_null(False)).to_series()
+    taken = mask.sum()
+    # often every row goes one way: then there is nothing to copy
+    if taken == rows.height:
+        return rows, rows.clear()
+    if taken == 0:
+        return rows.clear(), rows
     return rows.filter(mask), rows.filter(~mask)
 
 
@@ -650,8 +701,13 @@ def _dialled_abroad(
     if rules is None or rules.international_prefix is None:
         return international, national
     digits = pl.col(_DIGITS)
-    match = digits.str.extract(polars_regex(_prefix(rules.international_prefix)), 0)
-    after = digits.str.slice(match.str.len_bytes())
+    prefix = rules.international_prefix
+    match: pl.Expr
+    if _is_literal(prefix):  # most are: a comparison instead of a regular expression
+        match = pl.when(digits.str.starts_with(prefix)).then(pl.lit(prefix))
+    else:
+        match = digits.str.extract(polars_regex(_prefix(prefix)), 0)
+    after = digits.str.slice(match.str.len_bytes().fill_null(0))
     national = national.with_columns(
         pl.when(match.is_not_null() & ~after.str.starts_with("0")).then(after).alias(_REST)
     )
@@ -673,7 +729,7 @@ def _sort_international(international: pl.DataFrame, sorted_: _Sorted) -> None:
     sorted_.give_up(retried)
     sorted_.decide(unknown, error=UNKNOWN_COUNTRY)
     cc = pl.col(_CC)
-    main = cc.replace_strict(_world().main, default=None, return_dtype=pl.String)
+    main = cc.replace_strict(_world().main, default=None, return_dtype=pl.UInt32)
     sorted_.parse(known, cc=cc, nnn=rest.str.slice(cc.str.len_bytes()), parsing=main, main=main)
 
 
@@ -696,14 +752,14 @@ def _sort_national(national: pl.DataFrame, region: str, sorted_: _Sorted) -> Non
     if rules is None or rules.key in _world().unsupported:
         raise UnsupportedPattern(region)
     code = rules.country_code
-    own, main = pl.lit(rules.key), pl.lit(_world().main.get(code), dtype=pl.String)
+    own, main = pl.lit(_world().index[rules.key], dtype=pl.UInt32), pl.lit(_world().main.get(code), dtype=pl.UInt32)
     starting, others = _split(national, pl.col(_DIGITS).str.starts_with(code))
     sorted_.parse(others, cc=pl.lit(code), nnn=pl.col(_DIGITS), parsing=own, main=main)
     digits = starting[_DIGITS]
     without_code = _strip_national_prefix(digits.str.slice(len(code)), rules)
     length = digits.str.len_bytes()
     too_long = (length > max(rules.lengths, default=0)) & ~length.is_in(list(rules.local_lengths))
-    check = _world().checks[rules.key]
+    check = _world().checks[_world().index[rules.key]]
     had_code = (~_general(digits, check) & _general(without_code, check)) | too_long
     lost, kept = starting.with_columns(without_code.alias(_NNN)).filter(had_code), starting.filter(~had_code)
     sorted_.parse(lost, cc=pl.lit(code), nnn=pl.col(_NNN), parsing=main, main=main)
@@ -722,10 +778,14 @@ def _check_numbers(sorted_: _Sorted) -> None:
     rows, unsupported = _split(rows, pl.col(_MAIN).is_not_null() & ~pl.col(_CC).is_in(unchecked))
     sorted_.give_up(unsupported)
     # `_maybe_strip_national_prefix_carrier_code`: transform rules region by region, the other regions at once
-    rewriting, plain = _split(rows, pl.col(_PARSING).is_in(list(world.rewriting)))
-    parts = [plain.with_columns(_strip_keyed(plain).alias(_CANDIDATE))]
-    for (key,), part in rewriting.partition_by(_PARSING, as_dict=True).items():
-        code, name = str(key).split("/")
+    rewriting, rows = _split(rows, pl.col(_PARSING).is_in(list(world.rewriting)))
+    patterned, literal = _split(rows, pl.col(_PARSING).is_in(list(world.patterned)))
+    parts = [
+        literal.with_columns(_strip_literal(literal).alias(_CANDIDATE)),
+        patterned.with_columns(_strip_patterned(patterned).alias(_CANDIDATE)),
+    ]
+    for (number,), part in rewriting.partition_by(_PARSING, as_dict=True).items():
+        code, name = world.keys[int(str(number))].split("/")
         region = _region(int(code), name)
         if region is None:
             sorted_.give_up(part)
@@ -740,12 +800,8 @@ def _check_numbers(sorted_: _Sorted) -> None:
     sorted_.decide(rejected, error=INVALID)
     # `region_code_for_number`: a calling code's only region, or the first of its regions to claim the number
     shared, single = _split(rows, pl.col(_CC).is_in(list(world.shared)))
-    claimed = _claimants(shared)
     rows = pl.concat(
-        [
-            single.select(_I, _CC, _NSN, _MAIN, pl.lit(None, dtype=pl.Boolean).alias(_VALID)),
-            shared.select(_I, _CC, _NSN).join(claimed, on=_I, how="left"),
-        ]
+        [single.select(_I, _CC, _NSN, _MAIN, pl.lit(None, dtype=pl.Boolean).alias(_VALID)), _claimants(shared)]
     )
     # `is_valid_number_for_region` (unless the region claimed the number by its validity)
     to_check, known = _split(rows, pl.col(_VALID).is_null())
