@@ -344,7 +344,9 @@ class Automata:
         which = automata if isinstance(automata, pl.Series) else pl.lit(automata, dtype=pl.UInt32)
         length = pl.col(_TEXT).str.len_bytes()
         value = pl.col(_VALUE)
-        readable = (length <= DIGITS) & (value.is_not_null() | (length == 0)) & pl.col(_WHICH).is_not_null()
+        # the cast also takes a leading "+", which is not a digit
+        digits_only = (value.is_not_null() & ~pl.col(_TEXT).str.starts_with("+")) | (length == 0)
+        readable = (length <= DIGITS) & digits_only & pl.col(_WHICH).is_not_null()
         first = pl.col(_WHICH).cast(pl.UInt32) * (DIGITS + 1) + length.clip(upper_bound=DIGITS).cast(pl.UInt32)
         state = pl.when(readable).then(pl.lit(self.starts).gather(first.fill_null(0))).otherwise(_DEAD)
         digits_left = value.fill_null(0)
