@@ -20,6 +20,7 @@ digits (zeros included) start from the real start state.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -341,29 +342,32 @@ class Automata:
         """What the automata report for the ASCII digit strings `digits`: each number's automaton (its number from
         `Builder.add`; null: none) or one for all. A UInt32 of pattern bits: 0 for a null text, for a text of
         more than DIGITS digits or not all digits, and where the automaton is null."""
-        which = automata if isinstance(automata, pl.Series) else pl.lit(automata, dtype=pl.UInt32)
+        if isinstance(automata, pl.Series):
+            frame = pl.DataFrame([digits.alias(_TEXT), automata.cast(pl.UInt32).alias(_WHICH)])
+        else:
+            frame = digits.to_frame(_TEXT).with_columns(pl.lit(automata, dtype=pl.UInt32).alias(_WHICH))
+        query = frame.lazy().with_columns(pl.col(_TEXT).cast(pl.UInt64, strict=False).alias(_VALUE))
+        # No optimisations: there is nothing to optimise in one select, and the planner would hash the tables
+        # (literals in the expression) at every use, which takes milliseconds.
+        return query.select(self._reading.alias(digits.name)).collect(optimizations=pl.QueryOptFlags.none()).to_series()
+
+    @functools.cached_property
+    def _reading(self) -> pl.Expr:
+        """The expression `run` evaluates over the columns `_TEXT`, `_VALUE` (the text as a number) and `_WHICH`,
+        built once: building it takes longer than running it on a few thousand numbers."""
         length = pl.col(_TEXT).str.len_bytes()
         value = pl.col(_VALUE)
         # the cast also takes a leading "+", which is not a digit
         digits_only = (value.is_not_null() & ~pl.col(_TEXT).str.starts_with("+")) | (length == 0)
         readable = (length <= DIGITS) & digits_only & pl.col(_WHICH).is_not_null()
-        first = pl.col(_WHICH).cast(pl.UInt32) * (DIGITS + 1) + length.clip(upper_bound=DIGITS).cast(pl.UInt32)
+        first = pl.col(_WHICH) * (DIGITS + 1) + length.clip(upper_bound=DIGITS).cast(pl.UInt32)
         state = pl.when(readable).then(pl.lit(self.starts).gather(first.fill_null(0))).otherwise(_DEAD)
         digits_left = value.fill_null(0)
         for step in range(_PAIR_STEPS):
             place = pl.lit(10 ** (DIGITS - 2 - 2 * step), dtype=pl.UInt64)
             pair = (digits_left // place % pl.lit(100, dtype=pl.UInt64)).cast(pl.UInt32)
             state = pl.lit(self.pairs).gather(state.cast(pl.UInt32) * 100 + pair)
-        query = (
-            digits.to_frame(_TEXT)
-            .lazy()
-            .with_columns(pl.col(_TEXT).cast(pl.UInt64, strict=False).alias(_VALUE), which.alias(_WHICH))
-            .select(pl.lit(self.tags).gather(state).alias(digits.name))
-        )
-        # Without common subexpression elimination: the planner would hash the tables, literals in the
-        # expression, at every use (milliseconds each); the steps share nothing but columns.
-        return query.collect(optimizations=_NO_COMMON_SUBEXPRESSIONS).to_series()
+        return pl.lit(self.tags).gather(state)
 
 
 _TEXT, _VALUE, _WHICH = "text", "value", "which"
-_NO_COMMON_SUBEXPRESSIONS = pl.QueryOptFlags(comm_subexpr_elim=False)

@@ -29,7 +29,7 @@ import phonenumbers
 import polars as pl
 from phonenumbers import COUNTRY_CODE_TO_REGION_CODE, NumberParseException, PhoneMetadata, PhoneNumberFormat
 
-from pipeline import digit_automata
+from pipeline import digit_automata, rules_cache
 from pipeline.digit_automata import UnsupportedPattern
 
 E164 = "e164"
@@ -82,6 +82,7 @@ _CANDIDATE = "_candidate"  # the national number with its national prefix stripp
 _VALID = "_valid"
 _LEAD = "_lead"  # position among its code's regions of the first whose leading digits the number starts with
 _POSITION = "_position"
+_TAKEN = "_taken"
 
 
 @dataclass(frozen=True)
@@ -319,6 +320,9 @@ class _World:
     lengths: pl.Series  # per check automaton and length 0-18: the bits of its patterns that allow that length
     claims: dict[str, int]  # calling code with several regions -> prefix automaton: bit n, its n-th region's
     # leading digits (regions without leading digits have no bit)
+    claimants: dict[str, list[list[int]]]  # such a code -> [position, region number] of its regions without them
+    positions: dict[str, int]  # "code#n" -> the number of the code's n-th region
+    unchecked: frozenset[str]  # calling codes with a region the expressions cannot check
 
 
 _USABLE_UP_TO = 20  # longer numbers are TOO_LONG for every region: usable
@@ -364,9 +368,18 @@ def _world() -> _World:
 
 @functools.cache
 def _built_world() -> _World:
-    """Built on first use, from all ~250 regions, once per process: about 0.5 s (measured, with loading the
-    metadata). Building it from only the countries in a batch would change the keyed patterns, and so compile them
-    again, from batch to batch."""
+    """Built on first use, from all ~250 regions: about 0.7 s (measured, with loading the metadata), so it is kept
+    on disk (`rules_cache`) and later processes load it in ~20 ms. Building it from only the countries in a batch
+    would change the keyed pattern, and so compile it again, from batch to batch."""
+    where = rules_cache.folder("phone-rules", f"phonenumbers{phonenumbers.__version__}", f"polars{pl.__version__}")
+    world = rules_cache.load(_World, where)
+    if world is None:
+        world = _build_world()
+        rules_cache.save(world, where)
+    return world
+
+
+def _build_world() -> _World:
     regions = [region for code in COUNTRY_CODE_TO_REGION_CODE for region in _regions(code)]
     unsupported: set[str] = set()
     plain = [r for r in regions if r.transform is None]
@@ -412,6 +425,20 @@ def _built_world() -> _World:
         checks=pl.Series(checks, dtype=pl.UInt32),
         lengths=pl.Series(lengths, dtype=pl.UInt32),
         claims=claims,
+        claimants={
+            str(code): [[n, index[r.key]] for n, r in enumerate(_regions(code)) if r.leading_digits is None]
+            for code in COUNTRY_CODE_TO_REGION_CODE
+            if len(_regions(code)) > 1
+        },
+        positions={
+            f"{code}#{n}": index[r.key]
+            for code in COUNTRY_CODE_TO_REGION_CODE
+            if len(_regions(code)) > 1
+            for n, r in enumerate(_regions(code))
+        },
+        unchecked=frozenset(
+            str(code) for code in COUNTRY_CODE_TO_REGION_CODE if any(r.key in unsupported for r in _regions(code))
+        ),
     )
 
 
@@ -474,8 +501,10 @@ def _stripped_unless_viable(
     numbers: pl.Series, matched: pl.Series, stripped: pl.Series, checks: pl.Series | int | None
 ) -> pl.Series:
     """The numbers with a national prefix (`matched`) become `stripped`, unless only the original is viable."""
-    # only the numbers with a prefix are looked at again
-    chosen = matched.fill_null(False) & (numbers != "")
+    # only the numbers with a prefix whose stripping changes them are looked at again
+    chosen = (matched & (numbers != "") & (stripped != numbers)).fill_null(False)
+    if not chosen.any():
+        return numbers
     if isinstance(checks, pl.Series):
         checks = checks.filter(chosen)
     # the numbers with and without their prefixes, in one pass
@@ -531,11 +560,7 @@ def _claimants(rows: pl.DataFrame) -> pl.DataFrame:
     pending = rows.select(_I, _CC, _NSN)
     # Where a code's first region has no leading digits (+1's US, +44's GB...), most numbers are valid there:
     # only the others need the leading digits of the rest.
-    first_valid = [
-        code
-        for code in world.shared
-        if _validity_claimants(int(code))[:1] and _validity_claimants(int(code))[0][0] == 0
-    ]
+    first_valid = [code for code, claimants in world.claimants.items() if claimants and claimants[0][0] == 0]
     first, pending = _split(pending, cc.is_in(first_valid))
     first = first.with_columns(cc.replace_strict(world.main, default=None, return_dtype=pl.UInt32).alias(_MAIN))
     valid = _valid(first[_NSN], _checks(first[_MAIN]))
@@ -545,10 +570,10 @@ def _claimants(rows: pl.DataFrame) -> pl.DataFrame:
     # the position of the first region whose leading digits the number starts with (32: none does)
     lead = world.automata.run(pending[_NSN], claims).bitwise_trailing_zeros()
     pending = pending.with_columns(lead.alias(_LEAD))
-    ranks = max(len(_validity_claimants(int(code))) for code in world.shared)
+    ranks = max(len(claimants) for claimants in world.claimants.values())
     for rank in range(ranks):
         # each code's `rank`-th region without leading digits: the number is valid there, or was claimed before
-        ranked = {code: c[rank] for code in world.shared if len(c := _validity_claimants(int(code))) > rank}
+        ranked = {code: c[rank] for code, c in world.claimants.items() if len(c) > rank}
         position = cc.replace_strict({code: p for code, (p, _) in ranked.items()}, default=None, return_dtype=pl.UInt32)
         region = cc.replace_strict({code: n for code, (_, n) in ranked.items()}, default=None, return_dtype=pl.UInt32)
         pending = pending.with_columns(position.alias(_POSITION), region.alias(_MAIN))
@@ -564,20 +589,11 @@ def _claimants(rows: pl.DataFrame) -> pl.DataFrame:
     return pl.concat([part.select(_I, _CC, _NSN, _MAIN, _VALID) for part in found])
 
 
-@functools.cache
-def _validity_claimants(code: int) -> list[tuple[int, int]]:
-    """The position among the code's regions and the number of each of its regions without leading digits."""
-    index = _world().index
-    return [(n, index[r.key]) for n, r in enumerate(_regions(code)) if r.leading_digits is None]
-
-
 def _claimed_by_leading_digits(rows: pl.DataFrame) -> pl.DataFrame:
     """`_i`, `_cc`, `_nsn`, `_main` and `_valid` for numbers no region without leading digits claimed before their
     `_lead`."""
-    world = _world()
-    regions = {f"{code}#{n}": world.index[r.key] for code in world.shared for n, r in enumerate(_regions(int(code)))}
     region = pl.concat_str(pl.col(_CC), pl.lit("#"), pl.col(_LEAD).cast(pl.String)).replace_strict(
-        regions, default=None, return_dtype=pl.UInt32
+        _world().positions, default=None, return_dtype=pl.UInt32
     )
     return rows.select(_I, _CC, _NSN, region.alias(_MAIN), pl.when(region.is_null()).then(False).alias(_VALID))
 
@@ -620,14 +636,9 @@ class _Sorted:
 
 def _split(rows: pl.DataFrame, condition: pl.Expr) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The rows where `condition` holds, and the others."""
-    mask = rows.select(condition.fill_null(False)).to_series()
-    taken = mask.sum()
-    # often every row goes one way: then there is nothing to copy
-    if taken == rows.height:
-        return rows, rows.clear()
-    if taken == 0:
-        return rows.clear(), rows
-    return rows.filter(mask), rows.filter(~mask)
+    taken = rows.with_columns(condition.fill_null(False).alias(_TAKEN))
+    parts = taken.partition_by(_TAKEN, as_dict=True, include_key=False)
+    return parts.get((True,), rows.clear()), parts.get((False,), rows.clear())
 
 
 # what a first look says of a text
@@ -774,8 +785,7 @@ def _check_numbers(sorted_: _Sorted) -> None:
     world = _world()
     rows = pl.concat(sorted_.to_parse)
     # a calling code with a region the automata cannot check (none, in phonenumbers 9.0) is phonenumbers' to decide
-    unchecked = [code for code in world.main if any(r.key in world.unsupported for r in _regions(int(code)))]
-    rows, unsupported = _split(rows, pl.col(_MAIN).is_not_null() & ~pl.col(_CC).is_in(unchecked))
+    rows, unsupported = _split(rows, pl.col(_MAIN).is_not_null() & ~pl.col(_CC).is_in(list(world.unchecked)))
     sorted_.give_up(unsupported)
     # `_maybe_strip_national_prefix_carrier_code`: transform rules region by region, the other regions at once
     rewriting, rows = _split(rows, pl.col(_PARSING).is_in(list(world.rewriting)))
