@@ -41,6 +41,7 @@ import resource
 import signal
 import sys
 import time
+import typing
 from array import array
 from urllib.parse import parse_qs, urlsplit
 
@@ -117,8 +118,8 @@ class MockProtocol(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's TCP transports (0.23) are not registered as asyncio.Transport subclasses, but are ones
+        self.transport = typing.cast(asyncio.Transport, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None

@@ -371,7 +371,8 @@ def _built_world() -> _World:
     """Built on first use, from all ~250 regions: about 0.7 s (measured, with loading the metadata), so it is kept
     on disk (`rules_cache`) and later processes load it in ~20 ms. Building it from only the countries in a batch
     would change the keyed pattern, and so compile it again, from batch to batch."""
-    where = rules_cache.folder("phone-rules", f"phonenumbers{phonenumbers.__version__}", f"polars{pl.__version__}")
+    versions = (f"phonenumbers{phonenumbers.__version__}", f"polars{pl.__version__}")
+    where = rules_cache.folder(_World, "phone-rules", *versions)
     world = rules_cache.load(_World, where)
     if world is None:
         world = _build_world()
@@ -638,7 +639,9 @@ def _split(rows: pl.DataFrame, condition: pl.Expr) -> tuple[pl.DataFrame, pl.Dat
     """The rows where `condition` holds, and the others."""
     taken = rows.with_columns(condition.fill_null(False).alias(_TAKEN))
     parts = taken.partition_by(_TAKEN, as_dict=True, include_key=False)
-    return parts.get((True,), rows.clear()), parts.get((False,), rows.clear())
+    taken_rows, other_rows = parts.get((True,)), parts.get((False,))
+    empty = rows.clear() if taken_rows is None or other_rows is None else rows
+    return (empty if taken_rows is None else taken_rows), (empty if other_rows is None else other_rows)
 
 
 # what a first look says of a text

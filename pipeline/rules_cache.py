@@ -11,6 +11,7 @@ written under a temporary name, then renamed).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -25,13 +26,25 @@ FORMAT = 1
 T = TypeVar("T")
 
 
-def folder(name: str, *versions: str) -> Path | None:
-    """Where the rules called `name`, built from `versions`, are kept (None without a home folder)."""
+def folder(kind: type, name: str, *versions: str) -> Path | None:
+    """Where the rules called `name`, a `kind` built from `versions`, are kept (None without a home folder). The
+    folder's name also carries a fingerprint of `kind`'s fields, so a change to them is a new folder."""
     base = os.environ.get("XDG_CACHE_HOME") or (str(Path.home() / ".cache") if Path.home() != Path("/") else "")
     if not base:
         return None
-    tag = "-".join([name, *versions, f"format{FORMAT}"]).replace(os.sep, "_")
+    fingerprint = hashlib.sha256(_shape(kind).encode()).hexdigest()[:12]
+    tag = "-".join([name, *versions, f"format{FORMAT}", fingerprint]).replace(os.sep, "_")
     return Path(base) / "sentdm-batch" / tag
+
+
+def _shape(kind: type) -> str:
+    hints = typing.get_type_hints(kind)
+    parts = []
+    for field in dataclasses.fields(kind):
+        hint = hints[field.name]
+        nested = isinstance(hint, type) and dataclasses.is_dataclass(hint)
+        parts.append(f"{field.name}:{_shape(hint) if nested else hint}")
+    return "(" + ",".join(parts) + ")"
 
 
 def load(kind: type[T], where: Path | None) -> T | None:

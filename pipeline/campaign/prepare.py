@@ -3,8 +3,10 @@ request."""
 
 from __future__ import annotations
 
+import threading
+from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,15 +164,21 @@ def _blocks_with_numbers(
 
     column = to.column
     blocks = contacts.batches()
+    stopping = threading.Event()
 
-    def next_group(span: int) -> tuple[list[pl.DataFrame], pl.DataFrame | None]:
+    def next_group(span: int, turn: threading.Event, done: threading.Event) -> Span:
+        """Reads the next span once the span before it is read (`turn`), then decides its numbers."""
         group: list[pl.DataFrame] = []
-        rows = 0
-        for frame in blocks:
-            group.append(frame)
-            rows += frame.height
-            if rows >= span:
-                break
+        try:
+            turn.wait()
+            rows = 0
+            for frame in blocks if not stopping.is_set() else ():
+                group.append(frame)
+                rows += frame.height
+                if rows >= span:
+                    break
+        finally:
+            done.set()
         if not group:
             return group, None
         texts = pl.concat(
@@ -184,23 +192,42 @@ def _blocks_with_numbers(
             decided = decided.with_columns(found.alias(ZONES))
         return group, decided
 
-    # The next span is read and its numbers decided on a thread of its own while this one's rows are checked:
-    # polars lets go of the GIL, so the two keep both cores busy. A broken line is still reported only when its
-    # span's turn comes (`result()` raises it then).
-    with ThreadPoolExecutor(1, thread_name_prefix="phones") as ahead:
-        coming = ahead.submit(next_group, 1)  # the first span is one block
+    # The next spans are read, in turn, and their numbers decided on threads of their own while this one's rows
+    # are checked: polars lets go of the GIL, so the threads keep both cores busy, and deciding one span's numbers
+    # takes longer than checking its rows. A broken line is still reported only when its span's turn comes
+    # (`result()` raises it then).
+    with ThreadPoolExecutor(_SPANS_AHEAD, thread_name_prefix="phones") as ahead:
+        read = threading.Event()
+        read.set()
+        coming: deque[Future[Span]] = deque()
+
+        def submit(span: int) -> None:
+            nonlocal read
+            turn, read = read, threading.Event()
+            coming.append(ahead.submit(next_group, span, turn, read))
+
+        submit(1)  # the first span is one block
         try:
             while True:
-                group, decided = coming.result()
+                while len(coming) < _SPANS_AHEAD:
+                    submit(_NUMBERS_SPAN_ROWS)
+                group, decided = coming.popleft().result()
                 if decided is None:
                     return
-                coming = ahead.submit(next_group, _NUMBERS_SPAN_ROWS)
                 offset = 0
                 for frame in group:
                     yield frame, decided.slice(offset, frame.height)
                     offset += frame.height
         finally:
-            coming.cancel()
+            stopping.set()
+            read.set()
+            for future in coming:
+                future.cancel()
+
+
+Span = tuple[list[pl.DataFrame], "pl.DataFrame | None"]
+# spans read and decided ahead, each on a thread of its own: two keep two cores busy
+_SPANS_AHEAD = 2
 
 
 def prepare_campaign(spec: CampaignSpec, shard: Shard | None = None) -> PreparedCampaign:
