@@ -35,7 +35,8 @@ from phonenumbers.timezone import UNKNOWN_TIMEZONE
 from phonenumbers.tzdata import TIMEZONE_DATA
 
 from pipeline import fields
-from pipeline.phones import UnsupportedPattern, polars_regex
+from pipeline.digit_automata import UnsupportedPattern
+from pipeline.phones import polars_regex
 from pipeline.spec import WindowSpec
 
 DEFERRED = "deferred"  # result_status of a row that is not sent now because its window is closed

@@ -15,7 +15,7 @@ from phonenumbers.timezone import UNKNOWN_TIMEZONE, time_zones_for_number
 from phonenumbers.tzdata import TIMEZONE_DATA
 
 from pipeline import window
-from pipeline.phones import UnsupportedPattern
+from pipeline.digit_automata import UnsupportedPattern
 from pipeline.spec import WindowSpec
 from pipeline.window import (
     CLOSES_AT,
