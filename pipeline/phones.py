@@ -7,10 +7,11 @@ value. This module owns doing the same for a million values without a million Py
 - the common shapes of input (digits with spaces, dots, hyphens, parentheses, a leading `+`, a `tel:` prefix, an
   extension such as " ext. 12") are
   parsed with polars expressions built from libphonenumber's own metadata - the default region's international
-  and national prefixes, the country calling codes, each region's national prefix and number patterns - following
-  the steps of `phonenumbers.parse` and `is_valid_number` one by one;
+  and national prefixes, the country calling codes, each region's national prefix - and its number patterns,
+  compiled into automata (`digit_automata`), following the steps of `phonenumbers.parse` and `is_valid_number` one
+  by one, each over all numbers at once whatever their countries;
 - anything else (letters, unusual extensions, other scripts' digits, a `+` the metadata cannot place, a region
-  whose patterns polars' regex engine would not take) goes to `decide_phone`, once per distinct text.
+  whose patterns could not be compiled) goes to `decide_phone`, once per distinct text.
 
 Reasons never contain the number: values are people's data; the caller adds the column name.
 """
@@ -74,9 +75,9 @@ _PLUS = "_plus"
 _REST = "_rest"  # the digits after a `+` or an international prefix
 _CC = "_cc"
 _NNN = "_nnn"  # the national number before parse strips a national prefix
-_PARSING = "_parsing"  # key of the region whose national prefix parse strips
+_PARSING = "_parsing"  # number of the region whose national prefix parse strips
 _NSN = "_nsn"
-_MAIN = "_main"  # key of the calling code's main region
+_MAIN = "_main"  # number of the calling code's main region (or of the region that claims the number)
 _MATCH = "_match"
 _CANDIDATE = "_candidate"  # the national number with its national prefix stripped, if parse allows it
 _VALID = "_valid"
@@ -627,9 +628,9 @@ class _Sorted:
             self.fallback.append(rows[_I])
 
     def parse(self, rows: pl.DataFrame, *, cc: pl.Expr, nnn: pl.Expr, parsing: pl.Expr, main: pl.Expr) -> None:
-        """Rows whose calling code and national number parse found; `parsing` is the key of the region whose
+        """Rows whose calling code and national number parse found; `parsing` is the number of the region whose
         national prefix it strips next (the default region's for a national number, else the code's main one),
-        `main` the key of the code's main region (null if it has no metadata)."""
+        `main` the number of the code's main region (null if it has no metadata)."""
         if rows.height:
             columns = [cc.alias(_CC), nnn.alias(_NNN), parsing.alias(_PARSING), main.alias(_MAIN)]
             self.to_parse.append(rows.select(_I, *columns))

@@ -29,9 +29,15 @@ T = TypeVar("T")
 def folder(kind: type, name: str, *versions: str) -> Path | None:
     """Where the rules called `name`, a `kind` built from `versions`, are kept (None without a home folder). The
     folder's name also carries a fingerprint of `kind`'s fields, so a change to them is a new folder."""
-    base = os.environ.get("XDG_CACHE_HOME") or (str(Path.home() / ".cache") if Path.home() != Path("/") else "")
+    base = os.environ.get("XDG_CACHE_HOME")
     if not base:
-        return None
+        try:  # a container may run under a user with no home folder
+            home = Path.home()
+        except (RuntimeError, KeyError):
+            return None
+        if home == Path("/"):
+            return None
+        base = str(home / ".cache")
     fingerprint = hashlib.sha256(_shape(kind).encode()).hexdigest()[:12]
     tag = "-".join([name, *versions, f"format{FORMAT}", fingerprint]).replace(os.sep, "_")
     return Path(base) / "sentdm-batch" / tag

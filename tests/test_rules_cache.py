@@ -72,3 +72,12 @@ def test_the_folder_name_changes_with_the_versions_and_the_fields() -> None:
     assert first is not None
     assert rules_cache.folder(phones._World, "phone-rules", "a2") != first
     assert rules_cache.folder(Other, "phone-rules", "a1") != first
+
+
+def test_no_home_folder_means_no_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_home() -> Path:
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
+    assert rules_cache.folder(phones._World, "phone-rules", "a1") is None
