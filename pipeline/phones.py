@@ -309,7 +309,6 @@ class _World:
     keys: list[str]  # region number -> its key, e.g. "44/GB" ("calling code/region")
     index: dict[str, int]  # region key -> its number
     main: dict[str, int]  # calling code -> its main region's number
-    shared: frozenset[str]  # calling codes with more than one region
     rewriting: frozenset[int]  # regions with a national prefix transform rule
     unsupported: frozenset[str]  # region keys the expressions cannot check: their numbers go to the fallback
     usable: pl.Series  # per region, bit n set if `_test_number_length` lets parse strip to n digits
@@ -321,7 +320,9 @@ class _World:
     lengths: pl.Series  # per check automaton and length 0-18: the bits of its patterns that allow that length
     claims: dict[str, int]  # calling code with several regions -> prefix automaton: bit n, its n-th region's
     # leading digits (regions without leading digits have no bit)
-    claimants: dict[str, list[list[int]]]  # such a code -> [position, region number] of its regions without them
+    # calling code with several regions (every one of them is a key) -> [position, region number] of each of its
+    # regions without leading digits
+    claimants: dict[str, list[list[int]]]
     positions: dict[str, int]  # "code#n" -> the number of the code's n-th region
     unchecked: frozenset[str]  # calling codes with a region the expressions cannot check
 
@@ -411,7 +412,6 @@ def _build_world() -> _World:
         keys=[region.key for region in regions],
         index=index,
         main={code: index[main.key] for code, main in mains.items()},
-        shared=frozenset(str(code) for code in COUNTRY_CODE_TO_REGION_CODE if len(_regions(code)) > 1),
         rewriting=frozenset(index[region.key] for region in regions if region.transform is not None),
         unsupported=frozenset(unsupported),
         usable=pl.Series(
@@ -466,18 +466,14 @@ def _general(numbers: pl.Series, checks: pl.Series | int | None) -> pl.Series:
     return _world().automata.run(numbers, checks) % 2 == 1
 
 
-def _valid(nsn: pl.Series, checks: pl.Series | int | None) -> pl.Series:
-    """`_number_type_helper` is not UNKNOWN with the patterns of each number's region (its check automaton): the
-    length is one of the general description's, the general pattern matches, and so does the pattern of a type
-    that allows the length."""
-    if checks is None:
-        return pl.repeat(False, nsn.len(), eager=True)
+def _valid(nsn: pl.Series, regions: pl.Series) -> pl.Series:
+    """`_number_type_helper` is not UNKNOWN with the patterns of each number's region (by number): the length is
+    one of the general description's, the general pattern matches, and so does the pattern of a type that allows
+    the length."""
     world = _world()
+    checks = _checks(regions)
     length = nsn.str.len_bytes().clip(upper_bound=digit_automata.DIGITS).cast(pl.UInt32)
-    rows = (checks if isinstance(checks, pl.Series) else pl.Series([checks], dtype=pl.UInt32)) * (
-        digit_automata.DIGITS + 1
-    )
-    bits = world.automata.run(nsn, checks) & world.lengths.gather(rows + length)
+    bits = world.automata.run(nsn, checks) & world.lengths.gather(checks * (digit_automata.DIGITS + 1) + length)
     return ((bits % 2 == 1) & (bits >= 2)).fill_null(False)
 
 
@@ -565,7 +561,7 @@ def _claimants(rows: pl.DataFrame) -> pl.DataFrame:
     first_valid = [code for code, claimants in world.claimants.items() if claimants and claimants[0][0] == 0]
     first, pending = _split(pending, cc.is_in(first_valid))
     first = first.with_columns(cc.replace_strict(world.main, default=None, return_dtype=pl.UInt32).alias(_MAIN))
-    valid = _valid(first[_NSN], _checks(first[_MAIN]))
+    valid = _valid(first[_NSN], first[_MAIN])
     found.append(first.filter(valid).with_columns(pl.lit(True).alias(_VALID)))
     pending = pl.concat([pending, first.filter(~valid).drop(_MAIN)])
     claims = pending[_CC].replace_strict(world.claims, default=None, return_dtype=pl.UInt32)
@@ -584,7 +580,7 @@ def _claimants(rows: pl.DataFrame) -> pl.DataFrame:
         earlier, pending = _split(pending, pl.col(_POSITION).is_null() | (pl.col(_LEAD) < pl.col(_POSITION)))
         found.append(_claimed_by_leading_digits(earlier))
         asked, pending = _split(pending, ~done)
-        valid = _valid(asked[_NSN], _checks(asked[_MAIN]))
+        valid = _valid(asked[_NSN], asked[_MAIN])
         found.append(asked.filter(valid).select(_I, _CC, _NSN, _MAIN, pl.lit(True).alias(_VALID)))
         pending = pl.concat([pending, asked.filter(~valid)])
     found.append(_claimed_by_leading_digits(pending))
@@ -813,11 +809,11 @@ def _check_numbers(sorted_: _Sorted) -> None:
     rejected, rows = _split(rows, ~ok)
     sorted_.decide(rejected, error=INVALID)
     # `region_code_for_number`: a calling code's only region, or the first of its regions to claim the number
-    shared, single = _split(rows, pl.col(_CC).is_in(list(world.shared)))
+    shared, single = _split(rows, pl.col(_CC).is_in(list(world.claimants)))
     rows = pl.concat(
         [single.select(_I, _CC, _NSN, _MAIN, pl.lit(None, dtype=pl.Boolean).alias(_VALID)), _claimants(shared)]
     )
     # `is_valid_number_for_region` (unless the region claimed the number by its validity)
     to_check, known = _split(rows, pl.col(_VALID).is_null())
     sorted_.decide_validity(known, pl.col(_VALID))
-    sorted_.decide_validity(to_check, pl.lit(_valid(to_check[_NSN], _checks(to_check[_MAIN]))))
+    sorted_.decide_validity(to_check, pl.lit(_valid(to_check[_NSN], to_check[_MAIN])))
